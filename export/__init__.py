@@ -1,0 +1,4 @@
+"""fourierformer-deploy: export FourierFormer models to ONNX and build verified deployment artifacts.
+
+Run ``python -m export --help`` for the command line.
+"""

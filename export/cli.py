@@ -1,0 +1,214 @@
+"""The command line: ``python -m export <command>``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from export.errors import UserError
+
+log = logging.getLogger("export")
+
+DESCRIPTION = """\
+Deploy FourierFormer models: export to ONNX with one FourierAttention node per
+attention layer, retarget the graph to a backend, build a verified artifact.
+
+typical use:
+  python -m export build-engine --model tiny-vit --out engines/built/tiny-vit
+  python -m export validate engines/built/tiny-vit
+  python -m export run engines/built/tiny-vit --input in.npz --output out.npz
+"""
+
+EXIT_OK, EXIT_VALIDATION_FAILED, EXIT_USER_ERROR = 0, 1, 2
+
+
+def _model_help() -> str:
+    from fourierformer.configs import CONFIGS
+
+    return "model name: " + ", ".join(CONFIGS)
+
+
+def _add_weights(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help=_model_help())
+    parser.add_argument("--checkpoint", type=Path, help="plain PyTorch state_dict file (default: random weights)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights without --checkpoint (default 0)")
+
+
+def _add_inputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch", type=int, default=2, help="batch of the random inputs (default 2)")
+    parser.add_argument("--seq", type=int, help="sequence length of random LM inputs (default: the model's context)")
+    parser.add_argument("--input-seed", type=int, default=0, help="seed of the random inputs (default 0)")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """Print every named model and its config."""
+    from fourierformer.configs import CONFIGS
+
+    for name, config in CONFIGS.items():
+        print(f"{name:10s} {config}")
+    return EXIT_OK
+
+
+def cmd_build_plugins(args: argparse.Namespace) -> int:
+    """Build the C++ plugin libraries (normally done on first use)."""
+    from export.plugin_library import build_plugins
+
+    print(build_plugins(force=args.force))
+    return EXIT_OK
+
+
+def cmd_onnx(args: argparse.Namespace) -> int:
+    """Export the portable ONNX model (custom-domain FourierAttention nodes)."""
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    from export.build import load_model
+    from export.onnx_export import export_onnx
+    from export.passes import cleanup
+
+    config, model = load_model(args.model, args.checkpoint, args.seed)
+    proto = gs.export_onnx(cleanup(gs.import_onnx(export_onnx(model, config, args.opset))))
+    onnx.checker.check_model(proto)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=args.out.parent, prefix=f".{args.out.name}.", delete=False) as tmp:
+        tmp.write(proto.SerializeToString())
+    os.replace(tmp.name, args.out)
+    print(args.out)
+    return EXIT_OK
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    """Build an artifact directory for a backend."""
+    from export.build import BuildOptions, build_engine
+
+    out = args.out or Path("engines/built") / f"{args.model}-{args.backend}-{args.precision}"
+    manifest = build_engine(BuildOptions(args.model, out, args.backend, args.precision, args.checkpoint, args.seed, args.opset))
+    print(f"built {out} ({manifest.backend}, {manifest.precision}); check it with: python -m export validate {out}")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run an artifact on inputs from an .npz file (or random ones) and save or summarize the outputs."""
+    import numpy as np
+
+    from export.runtime import load_npz, open_artifact, run
+    from fourierformer.configs import config_from_dict
+    from fourierformer.models import example_inputs
+
+    manifest, session = open_artifact(args.artifact)
+    if args.input:
+        feeds = load_npz(args.input)
+    else:
+        try:
+            inputs = example_inputs(config_from_dict(manifest.config), args.batch, args.seq, args.input_seed)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+        feeds = {k: v.numpy() for k, v in inputs.items()}
+    outputs = run(session, manifest, feeds)
+    if args.output:
+        np.savez(args.output, **outputs)
+        print(args.output)
+    for name, value in outputs.items():
+        print(f"{name}: shape {list(value.shape)} {value.dtype}, mean {value.mean():.6g}, std {value.std():.6g}")
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Compare an artifact with the eager PyTorch model; exit 1 on mismatch."""
+    from export.validate import quiet_polygraphy, validate
+
+    quiet_polygraphy(args.verbose)
+    passed, stats = validate(args.artifact, args.batch, args.seq, args.input_seed, args.atol, args.rtol, args.max_norm_error)
+    print(f"{'output':12s} {'max abs':>10s} {'max rel':>10s} {'norm rel':>10s}")
+    for s in stats:
+        print(f"{s.name:12s} {s.max_abs:10.3e} {s.max_rel:10.3e} {s.norm_rel:10.3e}")
+    print(f"{'PASSED' if passed else 'FAILED'}: atol={args.atol:g} rtol={args.rtol:g} max-norm-error={args.max_norm_error:g}")
+    return EXIT_OK if passed else EXIT_VALIDATION_FAILED
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    from export.build import BACKENDS, PRECISIONS
+    from export.onnx_export import OPSET
+    from export.validate import DEFAULT_ATOL, DEFAULT_MAX_NORM_ERROR, DEFAULT_RTOL
+
+    parser = argparse.ArgumentParser(prog="python -m export", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the named models and their configs")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("build-plugins", help="build the C++ plugin libraries (done automatically on first use)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the sources did not change")
+    p.set_defaults(func=cmd_build_plugins)
+
+    p = sub.add_parser("onnx", help="export a model to portable ONNX with FourierAttention custom nodes")
+    _add_weights(p)
+    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    p.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    p.set_defaults(func=cmd_onnx)
+
+    p = sub.add_parser("build-engine", help="build a verified deployment artifact directory (the main job)",
+                       description="Export, retarget to the backend, smoke-run, and write DIR with model, plugin "
+                                   "library and manifest.json (hashes, shapes, versions) atomically.")
+    _add_weights(p)
+    p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
+                   help="target runtime; auto picks the best available (default auto)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="numeric precision (default fp32)")
+    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    p.add_argument("--out", type=Path, help="artifact directory (default engines/built/MODEL-BACKEND-PRECISION)")
+    p.set_defaults(func=cmd_build_engine)
+
+    p = sub.add_parser("run", help="run an artifact on inputs from an .npz file or on random inputs")
+    p.add_argument("artifact", type=Path, help="artifact directory from build-engine")
+    p.add_argument("--input", type=Path, help=".npz with one array per model input (default: random inputs)")
+    p.add_argument("--output", type=Path, help="write the outputs to this .npz")
+    _add_inputs(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="compare an artifact with the eager PyTorch model (exit 1 on mismatch)",
+                       description="Feed the same random inputs to the artifact and to the eager model rebuilt from "
+                                   "the manifest; compare with Polygraphy. An element fails if it exceeds both atol "
+                                   "and rtol; an output fails if ||out-eager||/||eager|| exceeds --max-norm-error.")
+    p.add_argument("artifact", type=Path, help="artifact directory from build-engine")
+    _add_inputs(p)
+    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
+    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (default {DEFAULT_RTOL:g})")
+    p.add_argument("--max-norm-error", type=float, default=DEFAULT_MAX_NORM_ERROR,
+                   help=f"normwise relative error bound per output (default {DEFAULT_MAX_NORM_ERROR:g})")
+    p.set_defaults(func=cmd_validate)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Progress at INFO on stderr for our loggers; third-party chatter only when verbose."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    for name in ("export", "fourierformer"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:
+        logging.getLogger("torch").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = make_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        if args.verbose:
+            log.exception("error")
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

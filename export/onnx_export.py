@@ -1,0 +1,53 @@
+"""PyTorch -> ONNX: one ``fourierformer::FourierAttention`` node per attention layer, dynamic batch and sequence."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+
+import onnx
+import torch
+from torch import nn
+
+from fourierformer import opspec
+from fourierformer.configs import LMConfig, ModelConfig
+from fourierformer.models import example_inputs
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+"""Default ONNX opset: new enough for LayerNormalization, old enough for every TensorRT parser."""
+MAX_BATCH = 4096
+OUTPUT_NAMES = ["logits"]
+
+
+def input_names(config: ModelConfig) -> list[str]:
+    """The model's ONNX input names."""
+    return list(example_inputs(config, batch=1, seq=1))
+
+
+def _dynamic_shapes(config: ModelConfig) -> dict[str, dict[int, torch.export.Dim]]:
+    """Dynamic axes: batch always; sequence length (up to the context) for language models."""
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    if isinstance(config, LMConfig):
+        return {"tokens": {0: batch, 1: torch.export.Dim("seq", min=1, max=config.context)}}
+    return {"images": {0: batch}}
+
+
+def export_onnx(model: nn.Module, config: ModelConfig, opset: int = OPSET) -> onnx.ModelProto:
+    """Export ``model`` with the dynamo exporter and check the result with ``onnx.checker``."""
+    inputs = example_inputs(config, batch=2, seq=None if not isinstance(config, LMConfig) else min(8, config.context))
+    quiet = io.StringIO()
+    with torch.no_grad(), contextlib.redirect_stdout(quiet):
+        program = torch.onnx.export(
+            model, (), kwargs=inputs, dynamo=True, dynamic_shapes=_dynamic_shapes(config),
+            input_names=list(inputs), output_names=OUTPUT_NAMES, opset_version=opset,
+            verbose=False,
+        )
+    log.debug("%s", quiet.getvalue())
+    proto = program.model_proto
+    onnx.checker.check_model(proto, full_check=False)
+    count = sum(node.op_type == opspec.OP_TYPE and node.domain == opspec.DOMAIN for node in proto.graph.node)
+    log.info("exported ONNX: %d nodes, %d FourierAttention", len(proto.graph.node), count)
+    return proto

@@ -1,0 +1,27 @@
+"""Single-node ONNX models of FourierAttention, for tests and benchmarks of the op alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from fourierformer import opspec
+
+IR_VERSION = 10
+"""onnx 1.23 writes IR 14 by default, which ONNX Runtime 1.31 rejects."""
+
+
+def ort_op_model(attributes: dict[str, float | int], dtype: np.dtype = np.dtype(np.float32)) -> onnx.ModelProto:
+    """One FourierAttention node in the ONNX Runtime form: inputs q, k, v of rank 4, dynamic sizes, output out."""
+    attrs = opspec.check_attributes(attributes)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    dims = {"q": ["B", "H", "Nq", "D"], "k": ["B", "H", "Nk", "D"], "v": ["B", "H", "Nk", "D"]}
+    inputs = [helper.make_tensor_value_info(n, elem, d) for n, d in dims.items()]
+    output = helper.make_tensor_value_info("out", elem, dims["q"])
+    node = helper.make_node(opspec.OP_TYPE, list(dims), ["out"], domain=opspec.ORT_DOMAIN, **attrs)
+    graph = helper.make_graph([node], "fourier_attention", inputs, [output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid(opspec.ORT_DOMAIN, opspec.ORT_VERSION)])
+    model.ir_version = IR_VERSION
+    return model

@@ -1,0 +1,23 @@
+"""Cleanup: strip export-time metadata, fold constants where safe, drop dead nodes, sort topologically."""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from fourierformer import opspec
+
+
+def _is_custom(node: gs.Node) -> bool:
+    """Nodes of our custom domains: never evaluated by the constant folder."""
+    return node.domain in (opspec.DOMAIN, opspec.ORT_DOMAIN)
+
+
+def cleanup(graph: gs.Graph) -> gs.Graph:
+    """A copy of ``graph`` without source-path metadata (so builds are reproducible), folded and sorted."""
+    graph = graph.copy()
+    for node in graph.nodes:
+        node.metadata_props = None
+        node.doc_string = None
+    graph.doc_string = None
+    graph.fold_constants(should_exclude_node=_is_custom, error_ok=False)
+    return graph.cleanup().toposort()

@@ -1,0 +1,126 @@
+"""validate: run an artifact and the eager PyTorch model on the same random inputs and compare with Polygraphy."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from polygraphy.backend.base import BaseRunner
+from polygraphy.backend.onnxrt import OnnxrtRunner
+from polygraphy.common import TensorMetadata
+from polygraphy.comparator import Comparator, SimpleCompareFunc
+from polygraphy.logger import G_LOGGER
+
+from export.artifact import Manifest, sha256_file
+from export.build import load_model
+from export.errors import UserError
+from export.runtime import check_feeds, open_artifact
+from fourierformer.configs import LMConfig, config_from_dict
+from fourierformer.models import example_inputs
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-4
+DEFAULT_MAX_NORM_ERROR = 1e-4
+"""Default tolerances for float32 artifacts: elementwise (Polygraphy: an element fails only if it exceeds
+both atol and rtol) and normwise, ||out - eager|| / ||eager|| per output."""
+
+
+class EagerRunner(BaseRunner):
+    """Polygraphy runner for eager PyTorch on the CPU (Polygraphy's own PytRunner needs CUDA).
+
+    ``model`` is any callable taking the inputs as keyword tensors (an eval-mode module, a reference function);
+    ``example`` is a feed dict whose names, dtypes and shapes the runner declares as its inputs.
+    """
+
+    def __init__(self, model: Callable[..., torch.Tensor], output_names: list[str], example: dict[str, np.ndarray],
+                 name: str = "eager-pytorch"):
+        super().__init__(name=name, prefix="eager")
+        self.model, self.output_names = model, output_names
+        self.input_metadata = TensorMetadata.from_feed_dict(example)
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        return self.input_metadata
+
+    def activate_impl(self) -> None:
+        pass
+
+    def infer_impl(self, feed_dict):
+        start = time.perf_counter()
+        with torch.no_grad():
+            outputs = self.model(**{k: torch.from_numpy(v) for k, v in feed_dict.items()})
+        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        self.inference_time = time.perf_counter() - start
+        return OrderedDict((n, o.numpy()) for n, o in zip(self.output_names, outputs))
+
+    def deactivate_impl(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class OutputError:
+    """Error statistics of one output against the eager model."""
+
+    name: str
+    max_abs: float
+    max_rel: float
+    norm_rel: float
+
+
+def error_stats(name: str, out: np.ndarray, ref: np.ndarray) -> OutputError:
+    """Max absolute, max relative and normwise relative error of ``out`` against ``ref``."""
+    out64, ref64 = out.astype(np.float64), ref.astype(np.float64)
+    diff = np.abs(out64 - ref64)
+    max_rel = float((diff / np.maximum(np.abs(ref64), np.finfo(np.float32).tiny)).max()) if diff.size else 0.0
+    norm = float(np.linalg.norm(ref64))
+    norm_rel = float(np.linalg.norm(out64 - ref64) / norm) if norm > 0 else float(np.linalg.norm(out64))
+    return OutputError(name, float(diff.max()) if diff.size else 0.0, max_rel, norm_rel)
+
+
+def eager_model(manifest: Manifest) -> torch.nn.Module:
+    """Rebuild the artifact's eager model from its manifest (same config, same weights)."""
+    checkpoint = manifest.weights.get("checkpoint")
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise UserError(f"the artifact's checkpoint {path} is gone: validate needs it to rebuild the eager model")
+        if sha256_file(path) != manifest.weights["sha256"]:
+            raise UserError(f"checkpoint {path} changed since the artifact was built (sha256 mismatch)")
+    config, model = load_model(manifest.model, Path(checkpoint) if checkpoint else None, manifest.weights.get("seed", 0))
+    if config != config_from_dict(manifest.config):
+        raise UserError(f"model {manifest.model!r} in this version differs from the artifact's config; rebuild it")
+    return model
+
+
+def validate(directory: Path, batch: int = 2, seq: int | None = None, seed: int = 0, atol: float = DEFAULT_ATOL,
+             rtol: float = DEFAULT_RTOL, max_norm_error: float = DEFAULT_MAX_NORM_ERROR) -> tuple[bool, list[OutputError]]:
+    """Compare the artifact with the eager model; returns (passed, per-output errors)."""
+    manifest, session = open_artifact(directory)
+    config = config_from_dict(manifest.config)
+    if seq is not None and not isinstance(config, LMConfig):
+        raise UserError("--seq applies to language models only")
+    try:
+        feeds = {k: v.numpy() for k, v in example_inputs(config, batch=batch, seq=seq, seed=seed).items()}
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    check_feeds(manifest, feeds)
+    names = [t.name for t in manifest.outputs]
+    runners = [OnnxrtRunner(session, name=manifest.backend), EagerRunner(eager_model(manifest).eval(), names, feeds)]
+    results = Comparator.run(runners, data_loader=[feeds])
+    accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
+    built, eager = (iterations[0] for _, iterations in results)
+    stats = [error_stats(n, np.asarray(built[n]), np.asarray(eager[n])) for n in names]
+    passed = bool(accuracy) and all(s.norm_rel <= max_norm_error for s in stats)
+    return passed, stats
+
+
+def quiet_polygraphy(verbose: bool) -> None:
+    """Polygraphy logs every comparison step; keep only its errors unless verbose."""
+    G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.ERROR

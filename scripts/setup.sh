@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install everything into .venv (torch first, pinned to the CPU build) and build the plugin libraries.
+# Usage: bash scripts/setup.sh        (PYTHON=python3.11 by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3.11}"
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+pip install -c constraints.txt torch==2.13.0
+pip install -c constraints.txt -e ".[test]"
+.venv/bin/python -m export build-plugins

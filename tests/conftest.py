@@ -1,0 +1,74 @@
+"""Shared fixtures: the built plugin library, op sessions, and non-vacuous attention inputs."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from polygraphy.logger import G_LOGGER
+
+from export import plugin_library
+from export.op_model import ort_op_model
+from export.runtime import ort_session
+from fourierformer import opspec
+from fourierformer.attention import fourier_attention_oracle
+
+G_LOGGER.module_severity = G_LOGGER.WARNING
+
+MIN_ROW_SUM_OVER_EPS = 1e3
+"""Every query row with a visible key must have sum_j w_ij >= this * eps, or the test would only check eps."""
+
+
+@pytest.fixture(scope="session")
+def ort_library() -> Path:
+    """The ONNX Runtime custom-op library, built once per test session."""
+    return plugin_library.ort_library()
+
+
+@functools.lru_cache(maxsize=None)
+def _session(library: Path, attrs: tuple, dtype: str) -> ort.InferenceSession:
+    return ort_session(ort_op_model(dict(attrs), np.dtype(dtype)).SerializeToString(), library)
+
+
+@pytest.fixture(scope="session")
+def op_session(ort_library):
+    """Factory: an ORT session running one FourierAttention node with the given attributes and dtype."""
+
+    def make(dtype=np.float32, **attrs) -> ort.InferenceSession:
+        full = opspec.check_attributes(attrs)
+        return _session(ort_library, tuple(sorted(full.items())), np.dtype(dtype).name)
+
+    return make
+
+
+def attention_inputs(b: int, h: int, nq: int, nk: int, d: int, R: float, seed: int = 0, spread: float = 1.0,
+                     shift: float = 0.0) -> dict[str, np.ndarray]:
+    """Random float32 q, k, v with R*(q-k) of typical size spread/sqrt(d), so weights neither vanish nor saturate.
+
+    ``shift`` adds the same offset to q and k: R*q grows large while R*(q-k) does not (stresses cancellation).
+    """
+    rng = np.random.default_rng(seed)
+    scale = spread / (R * np.sqrt(2 * d))
+    q = rng.standard_normal((b, h, nq, d)) * scale + shift
+    k = rng.standard_normal((b, h, nk, d)) * scale + shift
+    v = rng.standard_normal((b, h, nk, d))
+    return {"q": q.astype(np.float32), "k": k.astype(np.float32), "v": v.astype(np.float32)}
+
+
+def oracle(inputs: dict[str, np.ndarray], R: float, power: int, eps: float, causal: int) -> tuple[np.ndarray, float]:
+    """Float64 reference output and the smallest row sum sum_j w_ij over rows that see at least one key."""
+    t = {k: torch.from_numpy(v) for k, v in inputs.items()}
+    out, sums = fourier_attention_oracle(t["q"], t["k"], t["v"], R, power, eps, bool(causal), with_row_sums=True)
+    nq, nk = inputs["q"].shape[2], inputs["k"].shape[2]
+    rows = np.arange(nq) + (nk - nq) >= 0 if causal else np.ones(nq, bool)
+    visible = sums.numpy()[..., rows]
+    return out.numpy(), float(visible.min()) if visible.size else np.inf
+
+
+def assert_not_vacuous(min_row_sum: float, eps: float) -> None:
+    """Fail if some row's weights are so small that eps dominates its output."""
+    assert min_row_sum >= MIN_ROW_SUM_OVER_EPS * eps, f"vacuous test: min row sum {min_row_sum:.3g} vs eps={eps}"

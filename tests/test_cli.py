@@ -1,0 +1,177 @@
+"""End to end through ``python -m export``: build, validate and run artifacts; clear errors; atomic writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from export import build as build_module
+from export.artifact import MANIFEST
+from export.cli import EXIT_OK, EXIT_USER_ERROR, EXIT_VALIDATION_FAILED, main
+from fourierformer.configs import get_config
+from fourierformer.models import create_model
+
+
+def cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, ort_library) -> dict[str, Path]:
+    """tiny-lm and tiny-vit built once for the module."""
+    root = tmp_path_factory.mktemp("artifacts")
+    built = {}
+    for model in ("tiny-lm", "tiny-vit"):
+        assert cli("build-engine", "--model", model, "--out", root / model) == EXIT_OK
+        built[model] = root / model
+    return built
+
+
+def _manifest(directory: Path) -> dict:
+    return json.loads((directory / MANIFEST).read_text())
+
+
+@pytest.mark.parametrize("model", ["tiny-lm", "tiny-vit"])
+def test_build_writes_self_describing_artifact(artifacts, model):
+    manifest = _manifest(artifacts[model])
+    assert manifest["model"] == model and manifest["backend"] == "onnxruntime" and manifest["precision"] == "fp32"
+    assert set(manifest["files"]) == {"model.onnx", "libfourierformer_ort.so"}
+    assert manifest["plugin_library"] == "libfourierformer_ort.so"
+    assert manifest["versions"]["onnxruntime-gpu"] and manifest["versions"]["torch"].startswith("2.13")
+    assert manifest["inputs"][0]["shape"][0] == "batch" and manifest["weights"] == {"seed": 0}
+    assert sorted(p.name for p in artifacts[model].iterdir()) == sorted([*manifest["files"], MANIFEST])
+
+
+@pytest.mark.parametrize("model", ["tiny-lm", "tiny-vit"])
+def test_validate_passes(artifacts, model, capsys):
+    assert cli("validate", artifacts[model], "--batch", 3) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "PASSED" in out and "logits" in out
+
+
+def test_validate_lm_with_short_sequence(artifacts):
+    assert cli("validate", artifacts["tiny-lm"], "--seq", 1, "--batch", 1) == EXIT_OK
+
+
+def test_validate_detects_wrong_weights(artifacts, tmp_path, capsys):
+    """validate is not vacuous: an artifact whose manifest claims other weights fails."""
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", artifacts["tiny-vit"], copy], check=True)
+    manifest = _manifest(copy)
+    manifest["weights"] = {"seed": 1}
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    assert cli("validate", copy) == EXIT_VALIDATION_FAILED
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_run_with_npz_roundtrip(artifacts, tmp_path):
+    tokens = np.random.default_rng(0).integers(0, 512, (2, 10)).astype(np.int64)
+    np.savez(tmp_path / "in.npz", tokens=tokens)
+    assert cli("run", artifacts["tiny-lm"], "--input", tmp_path / "in.npz", "--output", tmp_path / "out.npz") == EXIT_OK
+    with np.load(tmp_path / "out.npz") as out:
+        logits = out["logits"]
+    model = create_model(get_config("tiny-lm"))
+    with torch.no_grad():
+        expected = model(torch.from_numpy(tokens)).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"images": np.zeros((1, 3, 32, 32), np.float32)}, "do not match the model's inputs"),
+    ({"tokens": np.zeros((1, 10), np.int32)}, "dtype int32"),
+    ({"tokens": np.zeros((10,), np.int64)}, "rank 2"),
+    ({"tokens": np.zeros((1, 65), np.int64)}, "outside 1..64"),
+])
+def test_run_rejects_bad_inputs(artifacts, tmp_path, capsys, arrays, message):
+    np.savez(tmp_path / "in.npz", **arrays)
+    assert cli("run", artifacts["tiny-lm"], "--input", tmp_path / "in.npz") == EXIT_USER_ERROR
+    assert message in capsys.readouterr().err
+
+
+def test_build_is_reproducible(artifacts, tmp_path):
+    assert cli("build-engine", "--model", "tiny-vit", "--out", tmp_path / "again") == EXIT_OK
+    assert _manifest(tmp_path / "again") == _manifest(artifacts["tiny-vit"])
+
+
+def test_rebuild_replaces_artifact_and_failure_leaves_nothing(tmp_path, monkeypatch, ort_library):
+    out = tmp_path / "art"
+    assert cli("build-engine", "--model", "tiny-vit", "--seed", 3, "--out", out) == EXIT_OK
+    assert cli("build-engine", "--model", "tiny-vit", "--seed", 4, "--out", out) == EXIT_OK
+    assert _manifest(out)["weights"] == {"seed": 4}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated crash in the middle of a build")
+
+    monkeypatch.setattr(build_module, "write_manifest", broken)
+    with pytest.raises(RuntimeError):
+        cli("build-engine", "--model", "tiny-vit", "--out", tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+    assert _manifest(out)["weights"] == {"seed": 4}
+
+
+def test_refuses_to_overwrite_unrelated_directory(tmp_path, capsys):
+    (tmp_path / "precious.txt").write_text("keep me")
+    assert cli("build-engine", "--model", "tiny-vit", "--out", tmp_path) == EXIT_USER_ERROR
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_checkpoint_roundtrip(tmp_path, capsys, ort_library):
+    torch.save(create_model(get_config("tiny-vit"), seed=7).state_dict(), tmp_path / "w.pt")
+    out = tmp_path / "art"
+    assert cli("build-engine", "--model", "tiny-vit", "--checkpoint", tmp_path / "w.pt", "--out", out) == EXIT_OK
+    assert _manifest(out)["weights"]["checkpoint"] == str((tmp_path / "w.pt").resolve())
+    assert cli("validate", out) == EXIT_OK
+    torch.save(create_model(get_config("tiny-vit"), seed=8).state_dict(), tmp_path / "w.pt")
+    assert cli("validate", out) == EXIT_USER_ERROR
+    assert "changed since the artifact was built" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setup, args, message", [
+    (None, ["build-engine", "--model", "gpt-9"], "unknown model 'gpt-9'"),
+    (None, ["build-engine", "--model", "tiny-vit", "--checkpoint", "{tmp}/none.pt"], "checkpoint not found"),
+    ("garbage", ["build-engine", "--model", "tiny-vit", "--checkpoint", "{tmp}/w.pt"], "not a readable PyTorch state_dict"),
+    ("lm-weights", ["build-engine", "--model", "tiny-vit", "--checkpoint", "{tmp}/w.pt"], "does not fit the model config"),
+    (None, ["validate", "{tmp}"], "no manifest.json"),
+])
+def test_user_errors_are_one_clear_line(tmp_path, capsys, setup, args, message):
+    if setup == "garbage":
+        (tmp_path / "w.pt").write_bytes(b"not a checkpoint")
+    elif setup == "lm-weights":
+        torch.save(create_model(get_config("tiny-lm")).state_dict(), tmp_path / "w.pt")
+    assert cli(*[a.format(tmp=tmp_path) for a in args]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes()[:-10]), "does not match its sha256"),
+    (lambda d: (d / "libfourierformer_ort.so").unlink(), "missing libfourierformer_ort.so (the plugin library)"),
+])
+def test_damaged_artifact_is_refused(artifacts, tmp_path, capsys, damage, message):
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", artifacts["tiny-vit"], copy], check=True)
+    damage(copy)
+    for command in ("run", "validate"):
+        assert cli(command, copy) == EXIT_USER_ERROR
+        assert message in capsys.readouterr().err
+
+
+def test_process_exit_code_and_no_traceback():
+    result = subprocess.run([sys.executable, "-m", "export", "build-engine", "--model", "nope"],
+                            capture_output=True, text=True)
+    assert result.returncode == EXIT_USER_ERROR
+    assert result.stderr.strip().splitlines()[-1].startswith("error: unknown model 'nope'")
+    assert "Traceback" not in result.stderr
+
+
+def test_deit_tiny_end_to_end(tmp_path, ort_library):
+    out = tmp_path / "deit"
+    assert cli("build-engine", "--model", "deit-tiny", "--out", out) == EXIT_OK
+    assert cli("validate", out, "--batch", 2) == EXIT_OK

@@ -1,0 +1,126 @@
+"""The ONNX Runtime custom op against the eager float32 reference and the float64 oracle, via Polygraphy."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from polygraphy.backend.onnxrt import OnnxrtRunner
+from polygraphy.comparator import Comparator, SimpleCompareFunc
+
+from conftest import MIN_ROW_SUM_OVER_EPS, assert_not_vacuous, attention_inputs, oracle
+from export.op_model import ort_op_model
+from export.runtime import ort_session
+from export.validate import EagerRunner, error_stats
+from fourierformer.attention import fourier_attention_reference
+
+MAX_NORM_ERROR_VS_FP64 = 1e-5
+SHAPES = [  # (B, H, Nq, Nk, D): N=1, D=1, D not a multiple of 8, Nq != Nk both ways, D up to 128
+    (1, 1, 1, 1, 1), (2, 3, 5, 7, 3), (1, 2, 17, 9, 17), (2, 2, 33, 33, 64), (1, 1, 8, 130, 128), (1, 4, 1, 40, 8),
+]
+
+
+def _eager(R: float, power: int, eps: float, causal: int):
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return fourier_attention_reference(q, k, v, R, power, eps, bool(causal))
+    return run
+
+
+@pytest.mark.parametrize("causal", [0, 1])
+@pytest.mark.parametrize("R", [0.1, 1.0, 10.0])
+@pytest.mark.parametrize("power", [2, 4, 8])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_parity_with_polygraphy(op_session, shape, power, R, causal):
+    eps = 1e-6
+    inputs = attention_inputs(*shape, R=R, seed=sum(shape) + power, spread=1.5 / np.sqrt(power))
+    reference, min_row_sum = oracle(inputs, R, power, eps, causal)
+    assert_not_vacuous(min_row_sum, eps)
+    session = op_session(R=R, power=power, eps=eps, causal=causal)
+    runners = [OnnxrtRunner(session, name="ort-fourier"), EagerRunner(_eager(R, power, eps, causal), ["out"], inputs, "eager-fp32")]
+    results = Comparator.run(runners, data_loader=[inputs])
+    assert Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=1e-5, rtol=1e-4))
+    out = results[0][1][0]["out"]
+    assert out.dtype == np.float32 and out.shape == inputs["q"].shape
+    assert error_stats("out", out, reference).norm_rel <= MAX_NORM_ERROR_VS_FP64
+
+
+@pytest.mark.parametrize("R", [0.1, 1.0, 10.0])
+def test_large_offset_cancellation(op_session, R):
+    """q and k share a large offset: R*q is big while R*(q-k) is small (the angle-difference trick's worst case)."""
+    inputs = attention_inputs(2, 2, 40, 50, 24, R=R, seed=3, shift=5.0)
+    reference, min_row_sum = oracle(inputs, R, 4, 1e-6, 0)
+    assert_not_vacuous(min_row_sum, 1e-6)
+    out = op_session(R=R).run(None, inputs)[0]
+    assert error_stats("out", out, reference).norm_rel <= MAX_NORM_ERROR_VS_FP64
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    dims=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 40), st.integers(1, 40), st.integers(1, 40)),
+    R=st.floats(0.05, 20.0), power=st.sampled_from([2, 4, 6, 8]), causal=st.integers(0, 1),
+    spread=st.floats(0.2, 3.0), shift=st.floats(-3.0, 3.0), seed=st.integers(0, 2**31),
+)
+def test_property_matches_oracle(op_session, dims, R, power, causal, spread, shift, seed):
+    inputs = attention_inputs(*dims, R=R, seed=seed, spread=spread, shift=shift)
+    reference, min_row_sum = oracle(inputs, R, power, 1e-6, causal)
+    assume(min_row_sum >= MIN_ROW_SUM_OVER_EPS * 1e-6)
+    out = op_session(R=R, power=power, causal=causal).run(None, inputs)[0]
+    assert error_stats("out", out, reference).norm_rel <= MAX_NORM_ERROR_VS_FP64
+
+
+def test_weights_underflow_gives_eps_semantics(op_session):
+    """Every weight far below eps: the output is sum w v / (sum w + eps), tiny but not NaN or zeroed wrongly."""
+    inputs = attention_inputs(1, 1, 6, 6, 32, R=1.0, seed=1, spread=12.0)
+    reference, min_row_sum = oracle(inputs, 1.0, 4, 1e-6, 0)
+    assert min_row_sum < 1e-6
+    out = op_session().run(None, inputs)[0]
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, reference, rtol=1e-3, atol=1e-30)
+
+
+def test_causal_rows_without_keys_are_zero(op_session):
+    """Nq > Nk with causal: the first Nq - Nk queries see no key, so their output is 0 (as in the reference)."""
+    inputs = attention_inputs(1, 2, 7, 3, 5, R=1.0, seed=2)
+    out = op_session(causal=1).run(None, inputs)[0]
+    assert np.all(out[:, :, :4] == 0) and np.all(np.abs(out[:, :, 4:]) > 0)
+    reference, _ = oracle(inputs, 1.0, 4, 1e-6, 1)
+    assert error_stats("out", out, reference).norm_rel <= MAX_NORM_ERROR_VS_FP64
+
+
+def _with_attribute(model: onnx.ModelProto, name: str, value) -> onnx.ModelProto:
+    """``model`` with one attribute of its node replaced, bypassing the Python-side range checks."""
+    node = model.graph.node[0]
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(kept + [onnx.helper.make_attribute(name, value)])
+    return model
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("R", 0.0, "R"), ("R", -1.0, "R"), ("R", float("inf"), "R"), ("R", float("nan"), "R"),
+    ("power", 3, "power"), ("power", 0, "power"), ("eps", 0.0, "eps"), ("causal", 2, "causal"),
+])
+def test_bad_attribute_fails_session_creation(ort_library, name, value, message):
+    model = _with_attribute(ort_op_model({}), name, value)
+    with pytest.raises(Exception, match=message):
+        ort_session(model.SerializeToString(), ort_library)
+
+
+@pytest.mark.parametrize("change, message", [  # the process survives each: no crash
+    (lambda t: {**t, "q": t["q"][0]}, "rank"),
+    (lambda t: {**t, "k": np.concatenate([t["k"]] * 2, axis=0), "v": np.concatenate([t["v"]] * 2, axis=0)}, "batch|B"),
+    (lambda t: {**t, "k": t["k"][:, :1], "v": t["v"][:, :1]}, "head|H"),
+    (lambda t: {**t, "k": t["k"][..., :3]}, "dim|D"),
+    (lambda t: {**t, "v": t["v"][:, :, :2]}, "Nk|key"),
+])
+def test_bad_input_fails_run_with_message(ort_library, change, message):
+    model = ort_op_model({})
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.ClearField("shape")  # no declared rank: the op itself must check
+    inputs = change(attention_inputs(2, 2, 4, 5, 6, R=1.0))
+    with pytest.raises(Exception, match=f"FourierAttention.*({message})"):
+        ort_session(model.SerializeToString(), ort_library).run(None, inputs)
+

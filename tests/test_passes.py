@@ -1,0 +1,115 @@
+"""Export and graph-surgeon passes: node counts, attributes, dynamic axes, purity, reproducibility."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+import torch
+
+from export.build import retarget
+from export.onnx_export import export_onnx
+from export.op_model import IR_VERSION
+from export.passes import cleanup, to_onnxruntime
+from export.passes.onnxruntime import fourier_nodes
+from fourierformer import opspec
+from fourierformer.attention import FourierAttention
+from fourierformer.configs import get_config
+from fourierformer.models import create_model
+
+
+@pytest.fixture(scope="module")
+def lm_export():
+    """tiny-lm exported with a distinct R per layer, to see each folded into its own node."""
+    config = get_config("tiny-lm")
+    model = create_model(config)
+    kernels = [m for m in model.modules() if isinstance(m, FourierAttention)]
+    with torch.no_grad():
+        for i, kernel in enumerate(kernels):
+            kernel.R.fill_(0.5 + i)
+    return config, export_onnx(model, config), [k.R.item() for k in kernels]
+
+
+def _custom_nodes(proto: onnx.ModelProto, domain: str) -> list[onnx.NodeProto]:
+    return [n for n in proto.graph.node if n.op_type == opspec.OP_TYPE and n.domain == domain]
+
+
+def test_export_has_one_custom_node_per_layer(lm_export):
+    config, proto, _ = lm_export
+    nodes = _custom_nodes(proto, opspec.DOMAIN)
+    assert len(nodes) == config.n_layers
+    for node in nodes:
+        assert len(node.input) == len(opspec.INPUTS)
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs == {"power": config.power, "eps": pytest.approx(config.eps), "causal": 1}
+    assert {(o.domain, o.version) for o in proto.opset_import} >= {(opspec.DOMAIN, opspec.VERSION)}
+    onnx.checker.check_model(proto)
+
+
+def test_export_has_dynamic_batch_and_sequence(lm_export):
+    _, proto, _ = lm_export
+    dims = [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", "seq"]
+
+
+def test_vit_export_has_dynamic_batch_and_non_causal_nodes():
+    config = get_config("tiny-vit")
+    proto = export_onnx(create_model(config), config)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    nodes = _custom_nodes(proto, opspec.DOMAIN)
+    assert len(nodes) == config.depth
+    assert all(onnx.helper.get_attribute_value(a) == 0 for n in nodes for a in n.attribute if a.name == "causal")
+
+
+def test_to_onnxruntime_folds_each_R(lm_export):
+    _, proto, r_values = lm_export
+    graph = to_onnxruntime(cleanup(gs.import_onnx(proto)))
+    nodes = [n for n in graph.nodes if n.op == opspec.OP_TYPE]
+    assert all(n.domain == opspec.ORT_DOMAIN and len(n.inputs) == 3 for n in nodes)
+    assert sorted(n.attrs["R"] for n in nodes) == pytest.approx(sorted(r_values))
+    assert set(nodes[0].attrs) == {a.name for a in opspec.ATTRIBUTES}
+    domains = {d.domain for d in graph.import_domains}
+    assert opspec.ORT_DOMAIN in domains and opspec.DOMAIN not in domains
+    assert not fourier_nodes(graph)
+
+
+def test_passes_are_pure(lm_export):
+    _, proto, _ = lm_export
+    graph = gs.import_onnx(proto)
+    before = gs.export_onnx(graph).SerializeToString()
+    to_onnxruntime(cleanup(graph))
+    assert gs.export_onnx(graph).SerializeToString() == before
+
+
+def test_to_onnxruntime_rejects_non_constant_R():
+    q, k, v, r = (gs.Variable(n, np.float32, s) for n, s in (("q", [1, 1, 2, 4]), ("k", [1, 1, 2, 4]),
+                                                          ("v", [1, 1, 2, 4]), ("R", [])))
+    out = gs.Variable("out", np.float32, [1, 1, 2, 4])
+    node = gs.Node(opspec.OP_TYPE, "fa", {"power": 4, "eps": 1e-6, "causal": 0}, [q, k, v, r], [out],
+                   domain=opspec.DOMAIN)
+    graph = gs.Graph([node], [q, k, v, r], [out])
+    with pytest.raises(ValueError, match="R must be a constant"):
+        to_onnxruntime(graph)
+
+
+def test_cleanup_folds_constants_and_drops_dead_nodes():
+    x = gs.Variable("x", np.float32, [2])
+    a, b = gs.Constant("a", np.ones(2, np.float32)), gs.Constant("b", np.full(2, 2.0, np.float32))
+    folded, y, dead = gs.Variable("ab", np.float32, [2]), gs.Variable("y", np.float32, [2]), gs.Variable("d", np.float32, [2])
+    nodes = [gs.Node("Add", "fold", inputs=[a, b], outputs=[folded]),
+             gs.Node("Mul", "use", inputs=[x, folded], outputs=[y]),
+             gs.Node("Neg", "dead", inputs=[x], outputs=[dead])]
+    for node in nodes:
+        node.metadata_props = {"pkg.torch.onnx.stack_trace": "/home/user/model.py"}
+    graph = cleanup(gs.Graph(nodes, [x], [y], opset=18, ir_version=IR_VERSION))
+    assert [n.op for n in graph.nodes] == ["Mul"]
+    np.testing.assert_array_equal(graph.nodes[0].inputs[1].values, np.full(2, 3.0, np.float32))
+    assert not graph.nodes[0].metadata_props
+
+
+def test_export_is_reproducible(lm_export):
+    config, proto, _ = lm_export
+    model = create_model(config)
+    assert retarget(export_onnx(model, config), "onnxruntime").SerializeToString() == \
+        retarget(export_onnx(model, config), "onnxruntime").SerializeToString()
