@@ -131,6 +131,36 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK if passed else EXIT_VALIDATION_FAILED
 
 
+def _shape(text: str):
+    """Parse ``B,H,N,D`` into a bench Shape."""
+    from export.bench import Shape
+
+    try:
+        batch, heads, n, dim = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected B,H,N,D (four integers), got {text!r}") from None
+    if min(batch, heads, n, dim) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be >= 1, got {text!r}")
+    return Shape(batch, heads, n, dim)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Time the op's implementations (eager PyTorch, our ONNX Runtime op) on the CPU."""
+    from dataclasses import replace
+
+    from export.bench import bench_op, machine_description, markdown, write_report
+
+    timings = []
+    for shape in args.sizes:
+        for causal in sorted({False, args.causal}):
+            timings += bench_op(replace(shape, causal=causal), args.repeats, args.warmup, args.threads)
+    print(machine_description())
+    print(markdown(timings))
+    if args.out:
+        write_report(timings, args.out)
+    return EXIT_OK
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     from export.build import BACKENDS, PRECISIONS
@@ -184,6 +214,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-norm-error", type=float, default=DEFAULT_MAX_NORM_ERROR,
                    help=f"normwise relative error bound per output (default {DEFAULT_MAX_NORM_ERROR:g})")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("bench", help="time the FourierAttention implementations on the CPU",
+                       description="Each implementation is first checked against eager float32 on the same random "
+                                   "inputs, then timed: median of --repeats runs after --warmup runs.")
+    p.add_argument("--sizes", type=_shape, nargs="+", default=[_shape("1,4,1024,64")], metavar="B,H,N,D",
+                   help="problem sizes, Nq = Nk = N (default 1,4,1024,64)")
+    p.add_argument("--causal", action="store_true", help="also time the causal variant")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per implementation (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default 0: all cores)")
+    p.add_argument("--out", type=Path, help="also write DIR/bench.md")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -68,6 +68,8 @@ def test_unknown_attribute_is_rejected():
         opspec.check_attributes({"temperature": 1.0})
 
 
-def test_markdown_table_lists_every_attribute():
+def test_readme_documents_the_spec():
+    """The README's attribute table is the one the spec generates."""
     table = opspec.markdown_table()
     assert all(f"`{a.name}`" in table for a in opspec.ATTRIBUTES)
+    assert table in (SPEC_HEADER.parents[2] / "README.md").read_text()

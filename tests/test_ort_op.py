@@ -68,7 +68,10 @@ def test_property_matches_oracle(op_session, dims, R, power, causal, spread, shi
     reference, min_row_sum = oracle(inputs, R, power, 1e-6, causal)
     assume(min_row_sum >= MIN_ROW_SUM_OVER_EPS * 1e-6)
     out = op_session(R=R, power=power, causal=causal).run(None, inputs)[0]
-    assert error_stats("out", out, reference).norm_rel <= MAX_NORM_ERROR_VS_FP64
+    # Tiny draws (one query, D=1) can average v to nearly 0, where a normwise error is ill-posed; measure
+    # against the same average of |v| (equal to ||reference|| when nothing cancels).
+    magnitude, _ = oracle({**inputs, "v": np.abs(inputs["v"])}, R, power, 1e-6, causal)
+    assert np.linalg.norm(out - reference) / np.linalg.norm(magnitude) <= MAX_NORM_ERROR_VS_FP64
 
 
 def test_weights_underflow_gives_eps_semantics(op_session):

@@ -1,18 +1,17 @@
 // FourierAttention CPU kernel (fused, streaming, log domain).
 //
-// Algorithm (per query row i, keys processed 8 at a time, one SIMD lane per key):
-//   prepare:  sin/cos of R*q and R*k, computed in double from the exact product and
-//             rounded once to float; k, sin(Rk), cos(Rk) repacked as [key block][d][8],
-//             v padded to [key][dim rounded up to 8].
-//   per pair and dim (8 pairs per vector op):
-//     x    = R*(q - k)                                   (accurate, no Rq-Rk cancellation)
-//     S    = sin(Rq)cos(Rk) - cos(Rq)sin(Rk) = sin(x)    (1 mul + 1 fma)
-//     |x|<1: sinc = 1 - x^2/6 + ... - x^10/11!  (Taylor, no cancellation; 5 fma)
-//     else : sinc = S / x, the division deferred to the chunk
-//     pn *= (small ? poly : S);  pd *= (small ? 1 : x)
-//   per pair and chunk of 16 dims: L += log|pn/pd|       (one division + one log per chunk)
-//   L_ij = power * L  (= log w_ij);   running max m over j (online softmax):
-//     out_i = sum_j e^{L_ij-m} v_j / (sum_j e^{L_ij-m} + exp(log(eps) - m)),  0 if m = -inf.
+// Algorithm (4 query rows x 8 keys per step, one SIMD lane per key; see Consts below):
+//   prepare:  sin/cos of R*q and R*k computed in double from the exact product, rounded once
+//             to float (so no Rq - Rk cancellation); q, k stored scaled by 2^m ~ R (exact);
+//             k side repacked as [key block][d][k, sin, cos][8], v padded to [key][dim8].
+//   per pair and dim (x = R(q-k), 8 pairs per vector op; ~11 FMA-port ops + 1 sub):
+//     S = sin(Rq)cos(Rk) - cos(Rq)sin(Rk) = sin(x)                  (mul + fma)
+//     |x|<1: sinc via a degree-3 polynomial in x^2 (no cancellation)   (mul + 3 fma)
+//     pn *= small ? poly : S;  pd *= small ? const : x              (cmp, 2 blend, 2 mul)
+//   per pair and chunk of 16 dims: L += log|pn/pd|  (one division + one log per chunk)
+//   L_ij = power * L = log w_ij; online softmax with running max m over j:
+//     out_i = sum_j e^{L_ij-m} v_j / (sum_j e^{L_ij-m} + exp(log(eps) - m)),  0 if m = -inf
+//   plus 1 fma per pair-dim for the v accumulation.
 #include "fourier_attention_cpu.h"
 
 #include <cmath>
@@ -27,7 +26,7 @@ typedef int32_t v8i __attribute__((vector_size(32), aligned(32)));
 
 constexpr int kLanes = 8;       // keys per vector
 constexpr int kChunk = 16;      // dims per log
-constexpr int kRowBlock = 2;    // query rows sharing each k load
+constexpr int kRowBlock = 4;    // query rows sharing each k load
 constexpr int64_t kKeyTile = 256;  // keys per cache tile
 
 inline v8f bc(float s) { return v8f{s, s, s, s, s, s, s, s}; }
@@ -183,7 +182,8 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 struct Layout {
   int64_t bh, nq, nk, dim, dimp, nkb, nkp;
   // offsets in floats from the workspace start (each a multiple of 16 floats = 64 bytes)
-  int64_t qx, qs, qc, kx, ks, kc, vv, acc, mm, ll;
+  // q side: [bh*nq][dim][3] = (q, sin Rq, cos Rq); k side: [bh][key block][dim][3][8]
+  int64_t qside, kside, vv, acc, mm, ll;
   int64_t total;
 };
 
@@ -199,12 +199,8 @@ inline Layout make_layout(const ff_params* p) {
   int64_t off = 0;
   auto take = [&off](int64_t n) { const int64_t o = off; off += round_up(n, 16); return o; };
   const int64_t qsz = L.bh * L.nq * L.dim, ksz = L.bh * L.nkp * L.dim;
-  L.qx = take(qsz);
-  L.qs = take(qsz);
-  L.qc = take(qsz);
-  L.kx = take(ksz);
-  L.ks = take(ksz);
-  L.kc = take(ksz);
+  L.qside = take(3 * qsz);
+  L.kside = take(3 * ksz);
   L.vv = take(L.bh * L.nkp * L.dimp);
   L.acc = take(L.bh * L.nq * L.dimp);
   L.mm = take(L.bh * L.nq);
@@ -215,49 +211,57 @@ inline Layout make_layout(const ff_params* p) {
 
 // ---- the row-block kernel ------------------------------------------------------------------
 struct RowState {
-  const float* qx;
-  const float* qs;
-  const float* qc;
+  const float* q;  // [dim][3]
   float* acc;
   float* m;
   float* l;
   int64_t last_key;  // keys j > last_key are masked (causal / nk)
 };
 
-// Constants of the per-pair-dim loop.
-//   fold = false: x = (q - k) * R; small = x^2 < 1; poly(x^2); den = small ? 1 : x.
-//   fold = true (R in [1/16, 16]): R folded away (one multiply less per pair-dim):
-//     d = q - k; small = d^2 < 1/R^2; poly'(d^2) = poly(R^2 d^2); den' = small ? 1/R : d,
-//     and every dim's true denominator is R * den', so log|sinc-chunk| gets -n*log(R).
-//     With |log2 R| <= 4 and 16-dim chunks, prod den' >= 2^-64 cannot underflow, and an
-//     overflow means prod |x| >= 2^64, i.e. a weight below 2^-128.
+// Constants of the per-pair-dim loop. sinc(x) ~= 1 + c1 u + c2 u^2 + c3 u^3 for u = x^2 < 1
+// (near-minimax fit; relative error ~1e-7 in float32, Taylor would need one more term).
+//
+// fold = true (the usual case): the prepare step stores q' = q*2^m, k' = k*2^m (exact) with
+// 2^m ~ R, so R' = R/2^m is in [1/sqrt2, sqrt2] and x = R'(q' - k'). R' is folded away:
+//   d = q' - k', u = d^2, small = u < thr = 1/R'^2,
+//   small: num = poly(R'^2 u)/R' = c0 + c1' u + ..., den = thr  -> num/den = R' sinc(x)
+//   else : num = S = sin(x),                          den = d    -> num/den = R' sinc(x)
+// so each chunk of n dims gives log|prod sinc| = log|pn/pd| - n log R'. Only 5 vector
+// constants are live in the loop (c0..c3, thr), which keeps the pn/pd chains in registers.
+// Ranges: den factors are >= min(thr, 1/R') >= 1/2 (no underflow over 16 dims); pd overflow
+// needs prod|x| >= 2^128 / 2^8, i.e. a weight below 2^-120 (treated as 0).
+// fold = false (|log2 R| > 64 only): x = R*(q - k), num/den = sinc(x) with thr = den_small = 1.
 struct Consts {
-  float R, thr, c1, c2, c3, den_small, log_r;
+  float R, thr, c0, c1, c2, c3, log_r;
+  int scale_exp;  // m: q', k' = ldexp(q, m)
   bool fold;
 };
 
 inline Consts make_consts(const ff_params* p) {
-  // sinc(x) ~= 1 + c1 u + c2 u^2 + c3 u^3, u = x^2, |x| < 1: near-minimax fit, relative
-  // error ~1e-7 in float32 (Taylor would need one more term).
   const double c1 = -0.1666659563779831, c2 = 0.008329861797392368, c3 = -0.00019291458011139184;
   Consts k;
   const double R = p->R;
-  k.R = p->R;
-  k.fold = R >= 0.0625 && R <= 16.0;
+  int m = 0;
+  std::frexp(R * 0.70710678118654752, &m);  // R/2^m in [1/sqrt2, sqrt2)
+  k.fold = m >= -64 && m <= 64;
   if (k.fold) {
-    const double r2 = R * R;
+    const double Rp = std::ldexp(R, -m), r2 = Rp * Rp;
+    k.scale_exp = m;
+    k.R = static_cast<float>(Rp);
     k.thr = static_cast<float>(1.0 / r2);
-    k.c1 = static_cast<float>(c1 * r2);
-    k.c2 = static_cast<float>(c2 * r2 * r2);
-    k.c3 = static_cast<float>(c3 * r2 * r2 * r2);
-    k.den_small = static_cast<float>(1.0 / R);
-    k.log_r = static_cast<float>(std::log(R));
+    k.c0 = static_cast<float>(1.0 / Rp);
+    k.c1 = static_cast<float>(c1 * r2 / Rp);
+    k.c2 = static_cast<float>(c2 * r2 * r2 / Rp);
+    k.c3 = static_cast<float>(c3 * r2 * r2 * r2 / Rp);
+    k.log_r = static_cast<float>(std::log(Rp));
   } else {
+    k.scale_exp = 0;
+    k.R = p->R;
     k.thr = 1.0f;
+    k.c0 = 1.0f;
     k.c1 = static_cast<float>(c1);
     k.c2 = static_cast<float>(c2);
     k.c3 = static_cast<float>(c3);
-    k.den_small = 1.0f;
     k.log_r = 0.0f;
   }
   return k;
@@ -265,34 +269,35 @@ inline Consts make_consts(const ff_params* p) {
 
 // Log-weights of QB rows against key block kb (8 keys), then the online-softmax update.
 template <int QB, bool FOLD>
-inline void process_block(const ff_params* p, const Consts& K, const Layout& Lo, const float* kx,
-                          const float* ks, const float* kc, const float* vblk, int64_t j0,
-                          RowState* rs) {
+inline void process_block(const ff_params* p, const Consts& K, const Layout& Lo, const float* kblk,
+                          const float* vblk, int64_t j0, RowState* rs) {
   const int64_t dim = Lo.dim;
   const v8f Rv = bc(K.R);
-  const v8f one = bc(1.0f);
-  const v8f thr = bc(K.thr);
-  const v8f dsmall = bc(K.den_small);
+  const v8f thr = bc(K.thr);  // == c0 == den_small == 1 when !FOLD
+  const v8f c0 = FOLD ? bc(K.c0) : thr;
   const v8f c3 = bc(K.c3), c2 = bc(K.c2), c1 = bc(K.c1);
-  v8f L[QB];
-  for (int r = 0; r < QB; ++r) L[r] = bc(0.0f);
+  // Kept in memory across the dim loop (frees registers for the pn/pd chains).
+  alignas(32) float Lm[QB][kLanes];
+  for (int r = 0; r < QB; ++r) st(Lm[r], bc(0.0f));
   for (int64_t d0 = 0; d0 < dim; d0 += kChunk) {
     const int64_t d1 = d0 + kChunk < dim ? d0 + kChunk : dim;
     v8f pn[QB], pd[QB];
-    for (int r = 0; r < QB; ++r) { pn[r] = one; pd[r] = one; }
+    for (int r = 0; r < QB; ++r) { pn[r] = bc(1.0f); pd[r] = bc(1.0f); }
     for (int64_t d = d0; d < d1; ++d) {
-      const v8f kxv = ld(kx + d * kLanes), ksv = ld(ks + d * kLanes), kcv = ld(kc + d * kLanes);
+      const float* kd = kblk + d * (3 * kLanes);
+      const v8f kxv = ld(kd), ksv = ld(kd + kLanes), kcv = ld(kd + 2 * kLanes);
       for (int r = 0; r < QB; ++r) {
-        v8f x = bc(rs[r].qx[d]) - kxv;
+        const float* qd = rs[r].q + 3 * d;
+        v8f x = bc(qd[0]) - kxv;
         if (!FOLD) x = x * Rv;
-        const v8f S = bc(rs[r].qs[d]) * kcv - bc(rs[r].qc[d]) * ksv;
+        const v8f S = bc(qd[1]) * kcv - bc(qd[2]) * ksv;
         const v8f x2 = x * x;
         v8f t = c3 * x2 + c2;
         t = t * x2 + c1;
-        t = t * x2 + one;
+        t = t * x2 + c0;
         const v8i small = x2 < thr;
         pn[r] *= vsel(small, t, S);
-        pd[r] *= vsel(small, dsmall, x);
+        pd[r] *= vsel(small, thr, x);
       }
     }
     const v8f corr = bc(FOLD ? static_cast<float>(d1 - d0) * K.log_r : 0.0f);
@@ -300,7 +305,8 @@ inline void process_block(const ff_params* p, const Consts& K, const Layout& Lo,
       v8f q = pn[r] / pd[r];
       q = as_f(as_i(q) & 0x7fffffff);
       // NaN (from NaN/inf inputs) stays NaN and is detected below.
-      L[r] += vsel(q != q, q, vlog(q) - corr);
+      st(Lm[r], ld(Lm[r]) + vsel(q != q, q, vlog(q) - corr));
+      __asm__ volatile("" ::: "memory");
     }
   }
   const float pw = static_cast<float>(p->power);
@@ -309,7 +315,7 @@ inline void process_block(const ff_params* p, const Consts& K, const Layout& Lo,
   alignas(32) float pj[QB][kLanes];
   bool active[QB];
   for (int r = 0; r < QB; ++r) {
-    v8f Lr = L[r] * pw;
+    v8f Lr = ld(Lm[r]) * pw;
     if (j0 + kLanes - 1 > rs[r].last_key) {
       for (int lane = 0; lane < kLanes; ++lane)
         if (j0 + lane > rs[r].last_key) Lr[lane] = ninf;
@@ -352,9 +358,7 @@ void process_rows(const ff_params* p, const Consts& K, const Layout& Lo, float* 
   int64_t last = -1;
   for (int r = 0; r < QB; ++r) {
     const int64_t row = bh * Lo.nq + i0 + r;
-    rs[r].qx = ws + Lo.qx + row * Lo.dim;
-    rs[r].qs = ws + Lo.qs + row * Lo.dim;
-    rs[r].qc = ws + Lo.qc + row * Lo.dim;
+    rs[r].q = ws + Lo.qside + row * Lo.dim * 3;
     rs[r].acc = ws + Lo.acc + row * Lo.dimp;
     rs[r].m = ws + Lo.mm + row;
     rs[r].l = ws + Lo.ll + row;
@@ -369,10 +373,10 @@ void process_rows(const ff_params* p, const Consts& K, const Layout& Lo, float* 
   if (last < 0) return;
   const int64_t kb_last = last / kLanes;
   if (kb_end > kb_last + 1) kb_end = kb_last + 1;
-  const int64_t kblock = Lo.dim * kLanes;
+  const int64_t kblock = Lo.dim * 3 * kLanes;
   for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
     const int64_t koff = (bh * Lo.nkb + kb) * kblock;
-    process_block<QB, FOLD>(p, K, Lo, ws + Lo.kx + koff, ws + Lo.ks + koff, ws + Lo.kc + koff,
+    process_block<QB, FOLD>(p, K, Lo, ws + Lo.kside + koff,
                       ws + Lo.vv + (bh * Lo.nkp + kb * kLanes) * Lo.dimp, kb * kLanes, rs);
   }
 }
@@ -405,18 +409,17 @@ extern "C" void ff_cpu_prepare(const ff_params* p, ff_dtype dt, const void* q, c
   const Layout Lo = make_layout(p);
   float* ws = static_cast<float*>(workspace);
   const double R = static_cast<double>(p->R);
+  const int scale_exp = make_consts(p).scale_exp;
   const int64_t per_bh = Lo.nq + Lo.nk;
   for (int64_t item = item_begin; item < item_end; ++item) {
     const int64_t bh = item / per_bh, idx = item % per_bh;
     if (idx < Lo.nq) {
       const int64_t row = bh * Lo.nq + idx;
-      float* qx = ws + Lo.qx + row * Lo.dim;
-      float* qs = ws + Lo.qs + row * Lo.dim;
-      float* qc = ws + Lo.qc + row * Lo.dim;
+      float* qrow = ws + Lo.qside + row * Lo.dim * 3;
       for (int64_t d = 0; d < Lo.dim; ++d) {
         const float x = load_elem(q, dt, row * Lo.dim + d);
-        qx[d] = x;
-        sincos_scaled(R * static_cast<double>(x), qs + d, qc + d);
+        qrow[3 * d] = std::ldexp(x, scale_exp);
+        sincos_scaled(R * static_cast<double>(x), qrow + 3 * d + 1, qrow + 3 * d + 2);
       }
       float* acc = ws + Lo.acc + row * Lo.dimp;
       for (int64_t d = 0; d < Lo.dimp; ++d) acc[d] = 0.0f;
@@ -424,13 +427,13 @@ extern "C" void ff_cpu_prepare(const ff_params* p, ff_dtype dt, const void* q, c
       ws[Lo.ll + row] = 0.0f;
     } else {
       const int64_t j = idx - Lo.nq, kb = j / kLanes, lane = j % kLanes;
-      const int64_t koff = (bh * Lo.nkb + kb) * Lo.dim * kLanes + lane;
+      float* kblk = ws + Lo.kside + (bh * Lo.nkb + kb) * Lo.dim * 3 * kLanes;
       const int64_t src = (bh * Lo.nk + j) * Lo.dim;
       for (int64_t d = 0; d < Lo.dim; ++d) {
         const float x = load_elem(k, dt, src + d);
-        ws[Lo.kx + koff + d * kLanes] = x;
-        sincos_scaled(R * static_cast<double>(x), ws + Lo.ks + koff + d * kLanes,
-                      ws + Lo.kc + koff + d * kLanes);
+        float* kd = kblk + d * 3 * kLanes + lane;
+        kd[0] = std::ldexp(x, scale_exp);
+        sincos_scaled(R * static_cast<double>(x), kd + kLanes, kd + 2 * kLanes);
       }
       float* vrow = ws + Lo.vv + (bh * Lo.nkp + j) * Lo.dimp;
       for (int64_t d = 0; d < Lo.dim; ++d) vrow[d] = load_elem(v, dt, src + d);
@@ -439,11 +442,11 @@ extern "C" void ff_cpu_prepare(const ff_params* p, ff_dtype dt, const void* q, c
       if (j == Lo.nk - 1) {
         for (int64_t pj = Lo.nk; pj < Lo.nkp; ++pj) {
           const int64_t pl = pj % kLanes;
-          const int64_t po = (bh * Lo.nkb + kb) * Lo.dim * kLanes + pl;
           for (int64_t d = 0; d < Lo.dim; ++d) {
-            ws[Lo.kx + po + d * kLanes] = 0.0f;
-            ws[Lo.ks + po + d * kLanes] = 0.0f;
-            ws[Lo.kc + po + d * kLanes] = 1.0f;
+            float* kd = kblk + d * 3 * kLanes + pl;
+            kd[0] = 0.0f;
+            kd[kLanes] = 0.0f;
+            kd[2 * kLanes] = 1.0f;
           }
           float* pv = ws + Lo.vv + (bh * Lo.nkp + pj) * Lo.dimp;
           for (int64_t d = 0; d < Lo.dimp; ++d) pv[d] = 0.0f;

@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <exception>
 #include <limits>
 #include <mutex>
@@ -59,6 +60,12 @@ OrtStatus* read_attr(const OrtApi& api, const OrtKernelInfo* info, const char* n
   return make_status(api, ORT_INVALID_ARGUMENT,
                      std::string("FourierAttention: attribute ") + name + " must be of ONNX type " +
                          type_name + " (" + msg + ")");
+}
+
+std::string fmt_float(float v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", static_cast<double>(v));
+  return buf;
 }
 
 struct Attrs {
@@ -233,8 +240,8 @@ struct FourierAttentionOp : Ort::CustomOpBase<FourierAttentionOp<T>, FourierAtte
         std::string msg = err;
         if (p.power == -1 || (power % 2) != 0) msg += " (got power=" + std::to_string(power) + ")";
         else if (p.causal == -1) msg += " (got causal=" + std::to_string(causal) + ")";
-        else if (!(std::isfinite(R) && R > 0)) msg += " (got R=" + std::to_string(R) + ")";
-        else msg += " (got eps=" + std::to_string(eps) + ")";
+        else if (!(std::isfinite(R) && R > 0)) msg += " (got R=" + fmt_float(R) + ")";
+        else msg += " (got eps=" + fmt_float(eps) + ")";
         return make_status(api, ORT_INVALID_ARGUMENT, msg);
       }
       *kernel = new FourierAttentionKernel<T>(api, Attrs{p.R, p.power, p.eps, p.causal});
