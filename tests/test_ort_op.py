@@ -127,3 +127,13 @@ def test_bad_input_fails_run_with_message(ort_library, change, message):
     with pytest.raises(Exception, match=f"FourierAttention.*({message})"):
         ort_session(model.SerializeToString(), ort_library).run(None, inputs)
 
+
+
+@pytest.mark.parametrize("causal", [0, 1])
+def test_float16_inputs_computed_in_float32(op_session, causal):
+    inputs = {k: v.astype(np.float16) for k, v in attention_inputs(2, 3, 19, 23, 40, R=1.0, seed=9).items()}
+    reference, min_row_sum = oracle({k: v.astype(np.float32) for k, v in inputs.items()}, 1.0, 4, 1e-6, causal)
+    assert_not_vacuous(min_row_sum, 1e-6)
+    out = op_session(np.float16, causal=causal).run(None, inputs)[0]
+    assert out.dtype == np.float16
+    assert error_stats("out", out, reference).norm_rel <= 1e-3  # float16 output rounding: 2^-11
