@@ -30,7 +30,7 @@ typedef struct ff_params {
 } ff_params;
 
 /* Element types understood by the backends. */
-typedef enum ff_dtype { FF_DTYPE_FLOAT32 = 0, FF_DTYPE_FLOAT16 = 1 } ff_dtype;
+typedef enum ff_dtype { FF_DTYPE_FLOAT32 = 0, FF_DTYPE_FLOAT16 = 1, FF_DTYPE_BFLOAT16 = 2 } ff_dtype;
 
 /* Returns NULL if every field of *p is valid, else a static, NUL-terminated
  * message naming the problem (e.g. "FourierAttention: attribute R must be finite
