@@ -2,3 +2,7 @@
 
 Run ``python -m export --help`` for the command line.
 """
+
+from export.tensorrt_backend import configure_polygraphy
+
+configure_polygraphy()

@@ -39,12 +39,15 @@ class Manifest:
     weights: dict
     backend: str
     precision: str
+    attention: str
     onnx_file: str
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
     dynamic_ranges: dict[str, list[int]]
     versions: dict[str, str]
     plugin_library: str | None = None
+    engine_file: str | None = None
+    tensorrt: dict | None = None
     files: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -77,6 +80,7 @@ def staging_directory(out: Path) -> Iterator[Path]:
         raise UserError(f"refusing to overwrite {out}: it exists and is not an artifact directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp's 0700 would make the artifact private
     try:
         yield staging
         old = out.parent / f".{out.name}.old-{os.getpid()}"

@@ -12,45 +12,73 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import torch
+from polygraphy.backend.onnxrt import OnnxrtRunner
 
 from export import plugin_library
 from export.artifact import Manifest, TensorInfo, sha256_file, staging_directory, write_manifest
 from export.errors import UserError
 from export.onnx_export import MAX_BATCH, OPSET, export_onnx
-from export.passes import PIPELINES
-from export.runtime import ort_session, run
+from export.passes import GraphPass, cleanup, decompose, to_fp16, to_onnxruntime, to_tensorrt
+from export.runtime import artifact_feeds, ort_session, run
+from export.tensorrt_backend import Profiles, gpu_missing_reason, installed_flavour
+from export.tensorrt_backend import build_engine as build_tensorrt_engine
 from fourierformer.configs import LMConfig, ModelConfig, config_to_dict, get_config
 from fourierformer.models import create_model, example_inputs, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("onnxruntime",)
-"""Backends this build can target; ``auto`` picks the best one available."""
-PRECISIONS = ("fp32",)
+BACKENDS = ("onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16")
+ATTENTIONS = ("plugin", "decomposed")
 ONNX_FILE = "model.onnx"
-PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime-gpu", "onnx-graphsurgeon", "polygraphy", "fourierformer-deploy")
+ENGINE_FILE = "model.engine"
+PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime-gpu", "onnx-graphsurgeon", "polygraphy", "tensorrt",
+            "tensorrt-rtx", "fourierformer-deploy")
 
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """What to build and where."""
+    """What to build and where (TensorRT settings are ignored by the onnxruntime backend)."""
 
     model: str
     out: Path
     backend: str = "auto"
     precision: str = "fp32"
+    attention: str = "auto"
     checkpoint: Path | None = None
     seed: int = 0
     opset: int = OPSET
+    shapes: Profiles | None = None
+    compute_capabilities: tuple[int, ...] = ()
+    timing_cache: Path | None = None
 
 
 def resolve_backend(name: str) -> str:
-    """The concrete backend for ``name`` (``auto``: the first available in :data:`BACKENDS`)."""
+    """The concrete backend: ``auto`` is tensorrt where a TensorRT runtime can run engines, else onnxruntime."""
     if name == "auto":
-        return BACKENDS[0]
+        return "tensorrt" if installed_flavour() == "tensorrt" and gpu_missing_reason() is None else "onnxruntime"
     if name not in BACKENDS:
         raise UserError(f"unknown backend {name!r}; choose one of: auto, {', '.join(BACKENDS)}")
     return name
+
+
+def resolve_attention(backend: str, attention: str) -> str:
+    """``auto`` is the plugin, except on TensorRT-RTX, which holds no plugins and gets the decomposed form."""
+    rtx = backend == "tensorrt" and installed_flavour() == "tensorrt_rtx"
+    if attention == "auto":
+        return "decomposed" if rtx else "plugin"
+    if attention not in ATTENTIONS:
+        raise UserError(f"unknown attention form {attention!r}; choose one of: auto, {', '.join(ATTENTIONS)}")
+    if attention == "plugin" and rtx:
+        raise UserError("TensorRT-RTX cannot hold custom plugins: use --attention decomposed, or install tensorrt")
+    return attention
+
+
+def passes_for(backend: str, attention: str, precision: str) -> tuple[GraphPass, ...]:
+    """The graph passes that turn an exported model into the backend's form."""
+    retarget_attention = decompose if attention == "decomposed" else (
+        to_onnxruntime if backend == "onnxruntime" else to_tensorrt)
+    return (cleanup, *((to_fp16,) if precision == "fp16" else ()), retarget_attention, cleanup)
 
 
 def load_model(name: str, checkpoint: Path | None, seed: int) -> tuple[ModelConfig, torch.nn.Module]:
@@ -91,18 +119,32 @@ def _tensor_infos(values: list[onnx.ValueInfoProto]) -> list[TensorInfo]:
     ]
 
 
-def _dynamic_ranges(config: ModelConfig) -> dict[str, list[int]]:
-    """Allowed range of each dynamic dimension."""
-    ranges = {"batch": [1, MAX_BATCH]}
+def export_ranges(config: ModelConfig) -> Profiles:
+    """What the exported ONNX accepts for each dynamic dimension, as (min, opt, max)."""
+    ranges = {"batch": (1, 1, MAX_BATCH)}
     if isinstance(config, LMConfig):
-        ranges["seq"] = [1, config.context]
+        ranges["seq"] = (1, config.context, config.context)
     return ranges
 
 
-def retarget(proto: onnx.ModelProto, backend: str) -> onnx.ModelProto:
-    """Run the backend's pass pipeline on an exported model."""
+def _profiles(config: ModelConfig, shapes: Profiles | None) -> Profiles:
+    """TensorRT optimization profile: ``shapes`` over defaults (batch 1..16, sequence 1..context)."""
+    profiles = {**export_ranges(config), "batch": (1, 1, 16), **(shapes or {})}
+    limits = export_ranges(config)
+    for name, (low, opt, high) in profiles.items():
+        if name not in limits:
+            raise UserError(f"--shapes names {name!r}, which is not a dynamic dimension of this model "
+                            f"({', '.join(limits)})")
+        if not limits[name][0] <= low <= opt <= high <= limits[name][2]:
+            raise UserError(f"profile {name}={low}:{opt}:{high} must satisfy "
+                            f"{limits[name][0]} <= min <= opt <= max <= {limits[name][2]}")
+    return profiles
+
+
+def retarget(proto: onnx.ModelProto, passes: tuple[GraphPass, ...]) -> onnx.ModelProto:
+    """Run graph passes on an exported model; the result passes ``onnx.checker``."""
     graph = gs.import_onnx(proto)
-    for graph_pass in PIPELINES[backend]:
+    for graph_pass in passes:
         log.debug("pass %s", graph_pass.__name__)
         graph = graph_pass(graph)
     result = gs.export_onnx(graph)
@@ -111,35 +153,54 @@ def retarget(proto: onnx.ModelProto, backend: str) -> onnx.ModelProto:
     return result
 
 
+def _smoke_run(directory: Path, manifest: Manifest, config: ModelConfig) -> None:
+    """Run the ONNX Runtime artifact once on random inputs; UserError on non-finite outputs."""
+    library = directory / manifest.plugin_library if manifest.plugin_library else None
+    runner = OnnxrtRunner(ort_session(directory / manifest.onnx_file, library))
+    feeds = artifact_feeds(manifest, example_inputs(config, batch=1))
+    if not all(np.isfinite(o).all() for o in run(runner, manifest, feeds).values()):
+        raise UserError("the built model produced non-finite outputs on random inputs")
+
+
 def build_engine(options: BuildOptions) -> Manifest:
     """Build the artifact directory ``options.out`` atomically; returns its manifest."""
     backend = resolve_backend(options.backend)
+    attention = resolve_attention(backend, options.attention)
     if options.precision not in PRECISIONS:
-        raise UserError(f"precision {options.precision!r} is not supported by {backend}; choose: {', '.join(PRECISIONS)}")
-    steps = 5
-    log.info("[1/%d] building plugin library", steps)
-    library = plugin_library.ort_library()
-    log.info("[2/%d] creating model %s", steps, options.model)
+        raise UserError(f"unknown precision {options.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    log.info("[1/5] building %s", "plugin library" if attention == "plugin" else "model (decomposed attention)")
+    library = (plugin_library.ort_library() if backend == "onnxruntime" else plugin_library.trt_plugin_library()) \
+        if attention == "plugin" else None
     config, model = load_model(options.model, options.checkpoint, options.seed)
-    log.info("[3/%d] exporting to ONNX (opset %d)", steps, options.opset)
-    proto = retarget(export_onnx(model, config, options.opset), backend)
+    profiles = _profiles(config, options.shapes) if backend == "tensorrt" else export_ranges(config)
+    log.info("[2/5] exporting %s to ONNX (opset %d)", options.model, options.opset)
+    proto = retarget(export_onnx(model, config, options.opset), passes_for(backend, attention, options.precision))
+    weights = ({"checkpoint": str(options.checkpoint.resolve()), "sha256": sha256_file(options.checkpoint)}
+               if options.checkpoint else {"seed": options.seed})
+    manifest = Manifest(
+        model=options.model, config=config_to_dict(config), weights=weights, backend=backend,
+        precision=options.precision, attention=attention, onnx_file=ONNX_FILE,
+        inputs=_tensor_infos(list(proto.graph.input)), outputs=_tensor_infos(list(proto.graph.output)),
+        dynamic_ranges={name: [low, high] for name, (low, _, high) in profiles.items()}, versions=_versions(),
+        plugin_library=library.name if library else None,
+    )
     with staging_directory(options.out) as staging:
         onnx.save(proto, staging / ONNX_FILE)
-        shutil.copy2(library, staging / library.name)
-        log.info("[4/%d] smoke-running the model in %s", steps, backend)
-        session = ort_session(staging / ONNX_FILE, staging / library.name)
-        weights = ({"checkpoint": str(options.checkpoint.resolve()), "sha256": sha256_file(options.checkpoint)}
-                   if options.checkpoint else {"seed": options.seed})
-        manifest = Manifest(
-            model=options.model, config=config_to_dict(config), weights=weights, backend=backend,
-            precision=options.precision, onnx_file=ONNX_FILE,
-            inputs=_tensor_infos(list(proto.graph.input)), outputs=_tensor_infos(list(proto.graph.output)),
-            dynamic_ranges=_dynamic_ranges(config), versions=_versions(), plugin_library=library.name,
-        )
-        feeds = {k: v.numpy() for k, v in example_inputs(config, batch=1).items()}
-        outputs = run(session, manifest, feeds)
-        if not all(np.isfinite(o).all() for o in outputs.values()):
-            raise UserError("the built model produced non-finite outputs on random inputs")
-        log.info("[5/%d] writing %s", steps, options.out)
+        if library:
+            shutil.copy2(library, staging / library.name)
+        if backend == "onnxruntime":
+            log.info("[3/5] smoke-running the model in ONNX Runtime")
+            _smoke_run(staging, manifest, config)
+        else:
+            log.info("[3/5] building the TensorRT engine (this can take minutes)")
+            trt = build_tensorrt_engine(staging / ONNX_FILE, staging / ENGINE_FILE, profiles,
+                                        list(options.compute_capabilities),
+                                        staging / library.name if library else None, options.timing_cache)
+            manifest.engine_file = ENGINE_FILE
+            manifest.tensorrt = {"flavour": trt.flavour, "version": trt.version,
+                                 "compute_capabilities": list(options.compute_capabilities),
+                                 "profiles": {name: list(p) for name, p in profiles.items()}}
+        log.info("[4/5] hashing files")
         write_manifest(staging, manifest)
+        log.info("[5/5] writing %s", options.out)
     return manifest

@@ -82,13 +82,49 @@ def cmd_onnx(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_build_engine(args: argparse.Namespace) -> int:
-    """Build an artifact directory for a backend."""
-    from export.build import BuildOptions, build_engine
+def _profile(text: str) -> tuple[str, tuple[int, int, int]]:
+    """Parse ``name=min:opt:max`` (or ``name=size`` for a fixed size)."""
+    problem = argparse.ArgumentTypeError(f"expected NAME=MIN:OPT:MAX, e.g. batch=1:8:64; got {text!r}")
+    try:
+        name, sizes = text.split("=")
+        values = tuple(int(v) for v in sizes.split(":"))
+    except ValueError:
+        raise problem from None
+    if len(values) not in (1, 3):
+        raise problem
+    return name, values * 3 if len(values) == 1 else values
 
-    out = args.out or Path("engines/built") / f"{args.model}-{args.backend}-{args.precision}"
-    manifest = build_engine(BuildOptions(args.model, out, args.backend, args.precision, args.checkpoint, args.seed, args.opset))
-    print(f"built {out} ({manifest.backend}, {manifest.precision}); check it with: python -m export validate {out}")
+
+def _capabilities(text: str) -> tuple[int, ...]:
+    """Parse ``86,89`` into compute capabilities."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected compute capabilities such as 86,89; got {text!r}") from None
+
+
+BUILD_DEFAULTS = {"backend": "auto", "precision": "fp32", "attention": "auto", "shapes": {}, "compute_capabilities": ()}
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    """Build an artifact directory for a backend (settings: flags over --recipe over defaults)."""
+    from export.build import BuildOptions, build_engine
+    from export.recipes import load_recipe
+
+    settings = {**BUILD_DEFAULTS, **(load_recipe(args.recipe) if args.recipe else {})}
+    flags = {"model": args.model, "backend": args.backend, "precision": args.precision, "attention": args.attention,
+             "compute_capabilities": args.compute_capability}
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    settings["shapes"] = {**settings["shapes"], **dict(args.shapes or [])}
+    if "model" not in settings:
+        raise UserError("name a model with --model (or a --recipe that names one)")
+    out = args.out or Path("engines/built") / f"{args.recipe or settings['model']}-{settings['backend']}-{settings['precision']}"
+    options = BuildOptions(settings["model"], out, settings["backend"], settings["precision"], settings["attention"],
+                           args.checkpoint, args.seed, args.opset, settings["shapes"] or None,
+                           tuple(settings["compute_capabilities"]), args.timing_cache)
+    manifest = build_engine(options)
+    print(f"built {out} ({manifest.backend}, {manifest.precision}, {manifest.attention} attention); "
+          f"check it with: python -m export validate {out}")
     return EXIT_OK
 
 
@@ -96,11 +132,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run an artifact on inputs from an .npz file (or random ones) and save or summarize the outputs."""
     import numpy as np
 
-    from export.runtime import load_npz, open_artifact, run
+    from export.runtime import artifact_feeds, load_npz, open_artifact, run
     from fourierformer.configs import config_from_dict
     from fourierformer.models import example_inputs
 
-    manifest, session = open_artifact(args.artifact)
+    manifest, runner = open_artifact(args.artifact)
     if args.input:
         feeds = load_npz(args.input)
     else:
@@ -108,8 +144,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             inputs = example_inputs(config_from_dict(manifest.config), args.batch, args.seq, args.input_seed)
         except ValueError as exc:
             raise UserError(str(exc)) from exc
-        feeds = {k: v.numpy() for k, v in inputs.items()}
-    outputs = run(session, manifest, feeds)
+        feeds = artifact_feeds(manifest, inputs)
+    outputs = run(runner, manifest, feeds)
     if args.output:
         np.savez(args.output, **outputs)
         print(args.output)
@@ -120,14 +156,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Compare an artifact with the eager PyTorch model; exit 1 on mismatch."""
-    from export.validate import quiet_polygraphy, validate
+    from export.validate import validate
 
-    quiet_polygraphy(args.verbose)
-    passed, stats = validate(args.artifact, args.batch, args.seq, args.input_seed, args.atol, args.rtol, args.max_norm_error)
+    passed, stats, (atol, rtol, max_norm) = validate(args.artifact, args.batch, args.seq, args.input_seed, args.atol,
+                                                     args.rtol, args.max_norm_error)
     print(f"{'output':12s} {'max abs':>10s} {'max rel':>10s} {'norm rel':>10s}")
     for s in stats:
         print(f"{s.name:12s} {s.max_abs:10.3e} {s.max_rel:10.3e} {s.norm_rel:10.3e}")
-    print(f"{'PASSED' if passed else 'FAILED'}: atol={args.atol:g} rtol={args.rtol:g} max-norm-error={args.max_norm_error:g}")
+    print(f"{'PASSED' if passed else 'FAILED'}: atol={atol:g} rtol={rtol:g} max-norm-error={max_norm:g}")
     return EXIT_OK if passed else EXIT_VALIDATION_FAILED
 
 
@@ -163,9 +199,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    from export.build import BACKENDS, PRECISIONS
+    from export.build import ATTENTIONS, BACKENDS, PRECISIONS
     from export.onnx_export import OPSET
-    from export.validate import DEFAULT_ATOL, DEFAULT_MAX_NORM_ERROR, DEFAULT_RTOL
+    from export.recipes import recipe_names
+    from export.validate import TOLERANCES
 
     parser = argparse.ArgumentParser(prog="python -m export", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -186,12 +223,32 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_onnx)
 
     p = sub.add_parser("build-engine", help="build a verified deployment artifact directory (the main job)",
-                       description="Export, retarget to the backend, smoke-run, and write DIR with model, plugin "
-                                   "library and manifest.json (hashes, shapes, versions) atomically.")
-    _add_weights(p)
-    p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
-                   help="target runtime; auto picks the best available (default auto)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="numeric precision (default fp32)")
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Export, retarget to the backend, build (TensorRT) or smoke-run (ONNX Runtime), and "
+                                   "write DIR atomically:\nthe ONNX model, the engine, the plugin library and "
+                                   "manifest.json (hashes, shapes, versions).",
+                       epilog="examples:\n"
+                              "  python -m export build-engine --model tiny-vit\n"
+                              "  python -m export build-engine --recipe deit-tiny-fp16\n"
+                              "  python -m export build-engine --model tiny-lm --backend tensorrt --precision fp16 \\\n"
+                              "      --shapes batch=1:4:8 seq=1:64:64 --compute-capability 86,89")
+    p.add_argument("--model", help=_model_help())
+    p.add_argument("--checkpoint", type=Path, help="plain PyTorch state_dict file (default: random weights)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights without --checkpoint (default 0)")
+    p.add_argument("--recipe", help=f"settings from engines/recipes/NAME.toml or a .toml path ({', '.join(recipe_names())}); "
+                                    "flags override it")
+    p.add_argument("--backend", choices=("auto", *BACKENDS),
+                   help="target runtime; auto: tensorrt where a TensorRT runtime and GPU exist, else onnxruntime")
+    p.add_argument("--precision", choices=PRECISIONS, help="fp32 (default) or fp16: a strongly typed float16 network")
+    p.add_argument("--attention", choices=("auto", *ATTENTIONS),
+                   help="plugin: our fused custom op; decomposed: standard ONNX ops (any runtime, TensorRT-RTX); "
+                        "auto (default): plugin, except decomposed on TensorRT-RTX")
+    p.add_argument("--shapes", type=_profile, nargs="+", metavar="NAME=MIN:OPT:MAX",
+                   help="TensorRT optimization profile per dynamic dimension (default batch=1:1:16, seq=1:CONTEXT:CONTEXT)")
+    p.add_argument("--compute-capability", type=_capabilities, metavar="CC[,CC]",
+                   help="TensorRT-RTX: build ahead of time for these GPUs, e.g. 86,89 (no GPU needed)")
+    p.add_argument("--timing-cache", type=Path, default=Path("build/tensorrt-timing.cache"),
+                   help="TensorRT timing cache, read and updated (default build/tensorrt-timing.cache)")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     p.add_argument("--out", type=Path, help="artifact directory (default engines/built/MODEL-BACKEND-PRECISION)")
     p.set_defaults(func=cmd_build_engine)
@@ -209,10 +266,11 @@ def make_parser() -> argparse.ArgumentParser:
                                    "and rtol; an output fails if ||out-eager||/||eager|| exceeds --max-norm-error.")
     p.add_argument("artifact", type=Path, help="artifact directory from build-engine")
     _add_inputs(p)
-    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
-    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (default {DEFAULT_RTOL:g})")
-    p.add_argument("--max-norm-error", type=float, default=DEFAULT_MAX_NORM_ERROR,
-                   help=f"normwise relative error bound per output (default {DEFAULT_MAX_NORM_ERROR:g})")
+    defaults = "; ".join(f"{p}: {t[0]:g}, {t[1]:g}, {t[2]:g}" for p, t in TOLERANCES.items())
+    p.add_argument("--atol", type=float, help="absolute tolerance")
+    p.add_argument("--rtol", type=float, help="relative tolerance")
+    p.add_argument("--max-norm-error", type=float,
+                   help=f"normwise relative error bound per output (defaults atol, rtol, norm by precision: {defaults})")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("bench", help="time the FourierAttention implementations on the CPU",
@@ -234,6 +292,9 @@ def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
     for name in ("export", "fourierformer"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.ERROR
     if not verbose:
         logging.getLogger("torch").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=FutureWarning)

@@ -7,24 +7,29 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import torch
+from polygraphy.backend.base import BaseRunner
+from polygraphy.backend.onnxrt import OnnxrtRunner
 
 from export.artifact import Manifest, load_manifest
 from export.errors import UserError
+from export.tensorrt_backend import tensorrt_runner
 
 log = logging.getLogger(__name__)
 
 
-def ort_session(onnx_path: Path | bytes, library: Path, threads: int = 0) -> ort.InferenceSession:
-    """A CPU InferenceSession for ``onnx_path`` (a file or serialized model) with ``library`` registered."""
-    if not library.is_file():
-        raise UserError(f"plugin library not found: {library}")
+def ort_session(onnx_path: Path | bytes, library: Path | None, threads: int = 0) -> ort.InferenceSession:
+    """A CPU InferenceSession for ``onnx_path`` (a file or serialized model), with ``library`` registered if given."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    try:
-        options.register_custom_ops_library(str(library))
-    except Exception as exc:  # ORT raises its own RuntimeError subclasses
-        raise UserError(f"cannot load plugin library {library}: {exc}") from exc
+    if library is not None:
+        if not library.is_file():
+            raise UserError(f"plugin library not found: {library}")
+        try:
+            options.register_custom_ops_library(str(library))
+        except Exception as exc:  # ORT raises its own RuntimeError subclasses
+            raise UserError(f"cannot load plugin library {library}: {exc}") from exc
     model = onnx_path if isinstance(onnx_path, bytes) else str(onnx_path)
     try:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
@@ -32,14 +37,21 @@ def ort_session(onnx_path: Path | bytes, library: Path, threads: int = 0) -> ort
         raise UserError(f"ONNX Runtime cannot load the model: {exc}") from exc
 
 
-def open_artifact(directory: Path) -> tuple[Manifest, ort.InferenceSession]:
-    """Verify an artifact and open a session on it."""
+def open_artifact(directory: Path) -> tuple[Manifest, BaseRunner]:
+    """Verify an artifact and return a Polygraphy runner for it (ONNX Runtime or TensorRT)."""
     manifest = load_manifest(directory)
-    if manifest.backend != "onnxruntime":
-        raise UserError(f"{directory} was built for backend {manifest.backend!r}, which this tool cannot run")
-    if not manifest.plugin_library:
-        raise UserError(f"{directory}: the manifest names no plugin library, which the onnxruntime backend needs")
-    return manifest, ort_session(directory / manifest.onnx_file, directory / manifest.plugin_library)
+    library = directory / manifest.plugin_library if manifest.plugin_library else None
+    if manifest.backend == "onnxruntime":
+        return manifest, OnnxrtRunner(ort_session(directory / manifest.onnx_file, library), name="onnxruntime")
+    if manifest.backend == "tensorrt":
+        return manifest, tensorrt_runner(directory / manifest.engine_file, manifest.tensorrt, library)
+    raise UserError(f"{directory} was built for backend {manifest.backend!r}, which this tool cannot run")
+
+
+def artifact_feeds(manifest: Manifest, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Model inputs as numpy arrays in the artifact's dtypes (float16 for FP16 artifacts)."""
+    dtypes = {t.name: np.dtype(t.dtype) for t in manifest.inputs}
+    return {name: value.numpy().astype(dtypes.get(name, value.numpy().dtype)) for name, value in inputs.items()}
 
 
 def check_feeds(manifest: Manifest, feeds: dict[str, np.ndarray]) -> None:
@@ -59,11 +71,12 @@ def check_feeds(manifest: Manifest, feeds: dict[str, np.ndarray]) -> None:
                 raise UserError(f"input {name!r} axis {axis} ({dim}) is {size}, outside {low}..{high}")
 
 
-def run(session: ort.InferenceSession, manifest: Manifest, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Check ``feeds`` and run the session; returns outputs by name."""
+def run(runner: BaseRunner, manifest: Manifest, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Check ``feeds`` against the manifest and run the artifact once; returns outputs by name."""
     check_feeds(manifest, feeds)
-    names = [t.name for t in manifest.outputs]
-    return dict(zip(names, session.run(names, feeds)))
+    with runner:
+        outputs = runner.infer(feeds)
+    return {t.name: np.array(outputs[t.name]) for t in manifest.outputs}
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:

@@ -12,31 +12,33 @@ from typing import Callable
 import numpy as np
 import torch
 from polygraphy.backend.base import BaseRunner
-from polygraphy.backend.onnxrt import OnnxrtRunner
 from polygraphy.common import TensorMetadata
 from polygraphy.comparator import Comparator, SimpleCompareFunc
-from polygraphy.logger import G_LOGGER
 
 from export.artifact import Manifest, sha256_file
 from export.build import load_model
 from export.errors import UserError
-from export.runtime import check_feeds, open_artifact
+from export.runtime import artifact_feeds, check_feeds, open_artifact
 from fourierformer.configs import LMConfig, config_from_dict
 from fourierformer.models import example_inputs
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ATOL = 1e-4
-DEFAULT_RTOL = 1e-4
-DEFAULT_MAX_NORM_ERROR = 1e-4
-"""Default tolerances for float32 artifacts: elementwise (Polygraphy: an element fails only if it exceeds
-both atol and rtol) and normwise, ||out - eager|| / ||eager|| per output."""
+TOLERANCES = {"fp32": (1e-4, 1e-4, 1e-4), "fp16": (5e-2, 5e-2, 5e-3)}
+"""Default (atol, rtol, max normwise error) by precision: an element fails only if it exceeds both atol and
+rtol (Polygraphy's rule); an output fails if ||out - eager|| / ||eager|| exceeds the normwise bound."""
+
+
+def _float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Floating tensors as float32 (the eager model's type), others unchanged."""
+    return tensor.float() if tensor.is_floating_point() else tensor
 
 
 class EagerRunner(BaseRunner):
     """Polygraphy runner for eager PyTorch on the CPU (Polygraphy's own PytRunner needs CUDA).
 
-    ``model`` is any callable taking the inputs as keyword tensors (an eval-mode module, a reference function);
+    ``model`` is any callable taking the inputs as keyword tensors (an eval-mode module, a reference function),
+    given floating inputs as float32 whatever the feed's type;
     ``example`` is a feed dict whose names, dtypes and shapes the runner declares as its inputs.
     """
 
@@ -55,7 +57,7 @@ class EagerRunner(BaseRunner):
     def infer_impl(self, feed_dict):
         start = time.perf_counter()
         with torch.no_grad():
-            outputs = self.model(**{k: torch.from_numpy(v) for k, v in feed_dict.items()})
+            outputs = self.model(**{k: _float32(torch.from_numpy(v)) for k, v in feed_dict.items()})
         outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
         self.inference_time = time.perf_counter() - start
         return OrderedDict((n, o.numpy()) for n, o in zip(self.output_names, outputs))
@@ -99,28 +101,30 @@ def eager_model(manifest: Manifest) -> torch.nn.Module:
     return model
 
 
-def validate(directory: Path, batch: int = 2, seq: int | None = None, seed: int = 0, atol: float = DEFAULT_ATOL,
-             rtol: float = DEFAULT_RTOL, max_norm_error: float = DEFAULT_MAX_NORM_ERROR) -> tuple[bool, list[OutputError]]:
-    """Compare the artifact with the eager model; returns (passed, per-output errors)."""
-    manifest, session = open_artifact(directory)
+def validate(directory: Path, batch: int = 2, seq: int | None = None, seed: int = 0, atol: float | None = None,
+             rtol: float | None = None, max_norm_error: float | None = None
+             ) -> tuple[bool, list[OutputError], tuple[float, float, float]]:
+    """Compare the artifact with the eager model; returns (passed, per-output errors, tolerances used).
+
+    Tolerances left as None take the defaults for the artifact's precision (:data:`TOLERANCES`).
+    """
+    manifest, runner = open_artifact(directory)
     config = config_from_dict(manifest.config)
     if seq is not None and not isinstance(config, LMConfig):
         raise UserError("--seq applies to language models only")
     try:
-        feeds = {k: v.numpy() for k, v in example_inputs(config, batch=batch, seq=seq, seed=seed).items()}
+        feeds = artifact_feeds(manifest, example_inputs(config, batch=batch, seq=seq, seed=seed))
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     check_feeds(manifest, feeds)
+    defaults = TOLERANCES[manifest.precision]
+    atol, rtol, max_norm_error = (d if v is None else v for v, d in zip((atol, rtol, max_norm_error), defaults))
     names = [t.name for t in manifest.outputs]
-    runners = [OnnxrtRunner(session, name=manifest.backend), EagerRunner(eager_model(manifest).eval(), names, feeds)]
+    runners = [runner, EagerRunner(eager_model(manifest).eval(), names, feeds)]
     results = Comparator.run(runners, data_loader=[feeds])
     accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
     built, eager = (iterations[0] for _, iterations in results)
     stats = [error_stats(n, np.asarray(built[n]), np.asarray(eager[n])) for n in names]
     passed = bool(accuracy) and all(s.norm_rel <= max_norm_error for s in stats)
-    return passed, stats
+    return passed, stats, (atol, rtol, max_norm_error)
 
-
-def quiet_polygraphy(verbose: bool) -> None:
-    """Polygraphy logs every comparison step; keep only its errors unless verbose."""
-    G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.ERROR

@@ -10,7 +10,11 @@ Two node forms exist:
   the attributes in :data:`NODE_ATTRIBUTES`;
 * the *ONNX Runtime* form implemented by ``libfourierformer_ort.so``: domain
   ``fourierformer.onnxruntime``, inputs ``(q, k, v)``, ``R`` folded into an
-  attribute, i.e. all of :data:`ATTRIBUTES`.
+  attribute, i.e. all of :data:`ATTRIBUTES`;
+* the *TensorRT* form that TensorRT's ONNX parser maps to the plugin in
+  ``libfourierformer_trt.so``: op type = plugin name, inputs ``(q, k, v)``,
+  :data:`ATTRIBUTES` as plugin fields plus ``plugin_version`` and
+  ``plugin_namespace``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ DOMAIN = "fourierformer"
 VERSION = 1
 ORT_DOMAIN = "fourierformer.onnxruntime"
 ORT_VERSION = 1
+TENSORRT_DOMAIN = "trt.plugins"
+PLUGIN_VERSION = "1"
+PLUGIN_NAMESPACE = ""
 
 INPUTS = ("q", "k", "v", "R")
 """Portable node inputs: q[B,H,Nq,D], k[B,H,Nk,D], v[B,H,Nk,D], scalar R."""

@@ -8,11 +8,11 @@ import onnx_graphsurgeon as gs
 import pytest
 import torch
 
-from export.build import retarget
+from export.build import passes_for, retarget
 from export.onnx_export import export_onnx
 from export.op_model import IR_VERSION
-from export.passes import cleanup, to_onnxruntime
-from export.passes.onnxruntime import fourier_nodes
+from export.passes import cleanup, decompose, to_fp16, to_onnxruntime, to_tensorrt
+from export.passes.custom_op import fourier_nodes
 from fourierformer import opspec
 from fourierformer.attention import FourierAttention
 from fourierformer.configs import get_config
@@ -111,5 +111,94 @@ def test_cleanup_folds_constants_and_drops_dead_nodes():
 def test_export_is_reproducible(lm_export):
     config, proto, _ = lm_export
     model = create_model(config)
-    assert retarget(export_onnx(model, config), "onnxruntime").SerializeToString() == \
-        retarget(export_onnx(model, config), "onnxruntime").SerializeToString()
+    passes = passes_for("onnxruntime", "plugin", "fp32")
+    assert retarget(export_onnx(model, config), passes).SerializeToString() == \
+        retarget(export_onnx(model, config), passes).SerializeToString()
+
+
+def test_to_tensorrt_names_the_plugin(lm_export):
+    _, proto, r_values = lm_export
+    graph = to_tensorrt(cleanup(gs.import_onnx(proto)))
+    nodes = [n for n in graph.nodes if n.op == opspec.OP_TYPE]
+    assert len(nodes) == len(r_values) and all(n.domain == opspec.TENSORRT_DOMAIN for n in nodes)
+    assert all(len(n.inputs) == 3 for n in nodes)
+    for node in nodes:
+        assert node.attrs["plugin_version"] == opspec.PLUGIN_VERSION
+        assert node.attrs["plugin_namespace"] == opspec.PLUGIN_NAMESPACE
+        assert set(node.attrs) == {a.name for a in opspec.ATTRIBUTES} | {"plugin_version", "plugin_namespace"}
+    assert sorted(n.attrs["R"] for n in nodes) == pytest.approx(sorted(r_values))
+
+
+def _portable_op_graph(nq: int, nk: int, d: int, R: float, power: int, causal: int, dtype=np.float32) -> gs.Graph:
+    """One portable FourierAttention node with constant R, dynamic sizes."""
+    q, k, v = (gs.Variable(n, dtype, ["B", "H", s, d]) for n, s in (("q", "Nq"), ("k", "Nk"), ("v", "Nk")))
+    out = gs.Variable("out", dtype, ["B", "H", "Nq", d])
+    r = gs.Constant("R", np.array(R, np.float32))
+    node = gs.Node(opspec.OP_TYPE, "fa", {"power": power, "eps": 1e-6, "causal": causal}, [q, k, v, r], [out],
+                   domain=opspec.DOMAIN)
+    return gs.Graph([node], [q, k, v], [out], opset=18, ir_version=IR_VERSION,
+                    import_domains=[onnx.helper.make_opsetid(opspec.DOMAIN, opspec.VERSION)])
+
+
+@pytest.mark.parametrize("nq, nk, d, R, power, causal", [
+    (1, 1, 1, 1.0, 4, 0), (5, 9, 3, 0.1, 2, 1), (9, 5, 17, 10.0, 8, 1), (16, 16, 64, 1.0, 4, 1),
+])
+def test_decompose_matches_custom_op_and_oracle(op_session, nq, nk, d, R, power, causal):
+    from conftest import assert_not_vacuous, attention_inputs, oracle
+    from export.runtime import ort_session
+    from export.validate import error_stats
+
+    inputs = attention_inputs(2, 2, nq, nk, d, R=R, seed=nq * nk, spread=1.5 / np.sqrt(power))
+    reference, min_row_sum = oracle(inputs, R, power, 1e-6, causal)
+    assert_not_vacuous(min_row_sum, 1e-6)
+    graph = decompose(_portable_op_graph(nq, nk, d, R, power, causal))
+    assert {n.domain or "" for n in graph.nodes} == {""}
+    decomposed = ort_session(gs.export_onnx(graph).SerializeToString(), None).run(None, inputs)[0]
+    custom = op_session(R=R, power=power, causal=causal).run(None, inputs)[0]
+    assert error_stats("out", decomposed, reference).norm_rel <= 1e-5
+    assert error_stats("out", decomposed, custom).norm_rel <= 1e-5
+
+
+def test_fp16_types_and_float32_islands():
+    config = get_config("tiny-vit")
+    graph = to_fp16(cleanup(gs.import_onnx(export_onnx(create_model(config), config))))
+    assert graph.inputs[0].dtype == np.float16 and graph.outputs[0].dtype == np.float16
+    for node in graph.nodes:
+        if node.op == "LayerNormalization":
+            assert all(t.dtype == np.float32 for t in node.inputs + node.outputs)
+        elif node.op == opspec.OP_TYPE:
+            assert [t.dtype for t in node.inputs] == [np.float16] * 3 + [np.float32]
+            assert node.outputs[0].dtype == np.float16
+        elif node.op == "Cast":
+            assert node.attrs["to"] in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+        else:
+            assert all(t.dtype != np.float32 for t in node.inputs + node.outputs), node
+
+
+@pytest.mark.parametrize("attention", ["plugin", "decomposed"])
+@pytest.mark.parametrize("name", ["tiny-lm", "tiny-vit"])
+def test_fp16_graph_matches_eager(ort_library, name, attention):
+    from export.runtime import ort_session
+    from export.validate import error_stats
+    from fourierformer.models import example_inputs
+
+    config = get_config(name)
+    model = create_model(config)
+    proto = retarget(export_onnx(model, config), passes_for("onnxruntime", attention, "fp16"))
+    inputs = example_inputs(config, batch=2, seq=None if name == "tiny-vit" else 24)
+    feeds = {k: v.numpy().astype(np.float16) if v.is_floating_point() else v.numpy() for k, v in inputs.items()}
+    session = ort_session(proto.SerializeToString(), ort_library if attention == "plugin" else None)
+    out = session.run(None, feeds)[0]
+    with torch.no_grad():
+        expected = model(**inputs).numpy()
+    assert out.dtype == np.float16
+    assert error_stats("logits", out, expected).norm_rel <= 5e-3
+
+
+def test_fp16_rejects_weights_out_of_range():
+    x = gs.Variable("x", np.float32, [2])
+    y = gs.Variable("y", np.float32, [2])
+    graph = gs.Graph([gs.Node("Mul", "m", inputs=[x, gs.Constant("big", np.full(2, 1e6, np.float32))], outputs=[y])],
+                     [x], [y], opset=18, ir_version=IR_VERSION)
+    with pytest.raises(ValueError, match="big exceeds the float16 range"):
+        to_fp16(graph)

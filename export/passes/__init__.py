@@ -1,13 +1,14 @@
-"""Graph-surgeon passes: each a pure function taking a graph and returning a new one.
+"""Graph-surgeon passes: each a pure function taking a graph and returning a new one."""
 
-``PIPELINES`` names the passes that retarget an exported graph to each backend.
-"""
+from typing import Callable
+
+import onnx_graphsurgeon as gs
 
 from export.passes.cleanup import cleanup
-from export.passes.onnxruntime import to_onnxruntime
+from export.passes.custom_op import to_onnxruntime, to_tensorrt
+from export.passes.decompose import decompose
+from export.passes.fp16 import to_fp16
 
-PIPELINES = {
-    "onnxruntime": (cleanup, to_onnxruntime, cleanup),
-}
+GraphPass = Callable[[gs.Graph], gs.Graph]
 
-__all__ = ["PIPELINES", "cleanup", "to_onnxruntime"]
+__all__ = ["GraphPass", "cleanup", "decompose", "to_fp16", "to_onnxruntime", "to_tensorrt"]
