@@ -127,7 +127,7 @@ def export_ranges(config: ModelConfig) -> Profiles:
     return ranges
 
 
-def _profiles(config: ModelConfig, shapes: Profiles | None) -> Profiles:
+def tensorrt_profiles(config: ModelConfig, shapes: Profiles | None) -> Profiles:
     """TensorRT optimization profile: ``shapes`` over defaults (batch 1..16, sequence 1..context)."""
     profiles = {**export_ranges(config), "batch": (1, 1, 16), **(shapes or {})}
     limits = export_ranges(config)
@@ -172,7 +172,7 @@ def build_engine(options: BuildOptions) -> Manifest:
     library = (plugin_library.ort_library() if backend == "onnxruntime" else plugin_library.trt_plugin_library()) \
         if attention == "plugin" else None
     config, model = load_model(options.model, options.checkpoint, options.seed)
-    profiles = _profiles(config, options.shapes) if backend == "tensorrt" else export_ranges(config)
+    profiles = tensorrt_profiles(config, options.shapes) if backend == "tensorrt" else export_ranges(config)
     log.info("[2/5] exporting %s to ONNX (opset %d)", options.model, options.opset)
     proto = retarget(export_onnx(model, config, options.opset), passes_for(backend, attention, options.precision))
     weights = ({"checkpoint": str(options.checkpoint.resolve()), "sha256": sha256_file(options.checkpoint)}

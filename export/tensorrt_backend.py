@@ -38,9 +38,12 @@ def installed_flavour() -> str | None:
 
 
 def configure_polygraphy() -> None:
-    """Point Polygraphy at TensorRT-RTX when it is the only flavour (must run before Polygraphy is imported)."""
+    """Point Polygraphy at TensorRT-RTX when it is the only flavour (before polygraphy.backend.trt is imported)."""
     if installed_flavour() == "tensorrt_rtx":
         os.environ.setdefault("POLYGRAPHY_USE_TENSORRT_RTX", "1")
+        import polygraphy.config
+
+        polygraphy.config.USE_TENSORRT_RTX = True
 
 
 @dataclass(frozen=True)
