@@ -175,3 +175,20 @@ def test_deit_tiny_end_to_end(tmp_path, ort_library):
     out = tmp_path / "deit"
     assert cli("build-engine", "--model", "deit-tiny", "--out", out) == EXIT_OK
     assert cli("validate", out, "--batch", 2) == EXIT_OK
+
+
+@pytest.mark.parametrize("model, flags, files", [
+    ("tiny-lm", ["--attention", "decomposed"], {"model.onnx"}),
+    ("tiny-vit", ["--precision", "fp16"], {"model.onnx", "libfourierformer_ort.so"}),
+    ("tiny-lm", ["--precision", "fp16", "--attention", "decomposed"], {"model.onnx"}),
+])
+def test_onnxruntime_decomposed_and_fp16_artifacts_validate(tmp_path, capsys, ort_library, model, flags, files):
+    out = tmp_path / "art"
+    assert cli("build-engine", "--model", model, "--backend", "onnxruntime", *flags, "--out", out) == EXIT_OK
+    manifest = _manifest(out)
+    assert set(manifest["files"]) == files
+    assert cli("validate", out, "--batch", 2) == EXIT_OK
+    printed = capsys.readouterr().out
+    assert "PASSED" in printed
+    if "fp16" in flags:
+        assert "max-norm-error=0.005" in printed
