@@ -157,3 +157,23 @@ def test_shipped_recipes_are_valid(name):
 def test_recipes_cover_deit_and_the_small_lm():
     assert {load_recipe(n)["model"] for n in recipe_names()} >= {"deit-tiny", "lm-small"}
     assert load_recipe("deit-tiny-fp16")["shapes"]["batch"] == (1, 32, 64)
+
+
+@pytest.mark.parametrize("installed, device, message", [
+    (("tensorrt_rtx", "2.0.0"), 89, "built with tensorrt_rtx 1."),
+    (("tensorrt", "1.7.1"), 89, "built with tensorrt_rtx"),
+    (None, 90, "built for compute capabilities [86, 89], this GPU is 90"),
+])
+def test_engine_checks_before_tensorrt_would_fail(engines, monkeypatch, installed, device, message):
+    """On a GPU machine, a flavour/version or compute-capability mismatch is refused up front."""
+    from export import tensorrt_backend
+
+    real = tensorrt_backend.load_tensorrt()
+    flavour, version = installed or (real.flavour, real.version)
+    monkeypatch.setattr(tensorrt_backend, "gpu_missing_reason", lambda: None)
+    monkeypatch.setattr(tensorrt_backend, "load_tensorrt",
+                        lambda: tensorrt_backend.TensorRT(real.module, flavour, version))
+    monkeypatch.setattr(tensorrt_backend, "_device_compute_capability", lambda: device)
+    manifest = json.loads((engines["tiny-lm", "fp32"] / "manifest.json").read_text())
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        tensorrt_backend.tensorrt_runner(engines["tiny-lm", "fp32"] / "model.engine", manifest["tensorrt"], None)
