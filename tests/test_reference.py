@@ -61,3 +61,20 @@ def test_module_R_is_learnable_and_used():
     with torch.no_grad():
         attention.R.fill_(3.0)
     assert attention.R.requires_grad and not torch.allclose(before, attention(q, k, v))
+
+
+@pytest.mark.parametrize("name", ["tiny-lm", "tiny-vit"])
+def test_softmax_switch_builds_the_same_model_with_softmax_attention(name):
+    from fourierformer.attention import SoftmaxAttention
+    from fourierformer.configs import get_config
+    from fourierformer.models import create_model, example_inputs
+
+    fourier, softmax = (create_model(get_config(name, kind)) for kind in ("fourier", "softmax"))
+    assert not any(isinstance(m, FourierAttention) for m in softmax.modules())
+    assert sum(isinstance(m, SoftmaxAttention) for m in softmax.modules()) == \
+        sum(isinstance(m, FourierAttention) for m in fourier.modules())
+    shared = {k for k in fourier.state_dict() if not k.endswith(".kernel.R")}
+    assert shared == set(softmax.state_dict())
+    inputs = example_inputs(get_config(name), batch=1)
+    with torch.no_grad():
+        assert softmax(**inputs).shape == fourier(**inputs).shape
