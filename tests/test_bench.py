@@ -1,6 +1,8 @@
-"""The bench command: implementations are checked before they are timed, and the table reports each."""
+"""The bench command: implementations are checked before they are timed; reports in JSON, Markdown, PNG."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -9,25 +11,33 @@ from export import bench
 from export.cli import EXIT_OK, main
 
 
-def test_bench_reports_every_implementation(ort_library, tmp_path, capsys):
+def test_bench_reports_every_implementation(ort_library, tmp_path):
     assert main(["bench", "--sizes", "1,2,33,17", "--causal", "--repeats", "2", "--out", str(tmp_path)]) == EXIT_OK
     table = (tmp_path / "bench.md").read_text()
-    for name in ("eager-fp32", "onnxruntime-op"):
-        assert table.count(f"| {name} |") == 2
+    for impl in bench.IMPLEMENTATIONS:
+        assert table.count(f"| {impl.name} |") == 2
     assert "cores" in table.splitlines()[0]
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["roofline"]["pair_dims_per_second"] > 0 and len(data["results"]) == 2 * len(bench.IMPLEMENTATIONS)
+    assert all(r["seconds"] > 0 and r["error_vs_fp64"] <= bench.MAX_ERROR_VS_FP64 for r in data["results"])
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_refuses_to_time_a_wrong_implementation(ort_library, monkeypatch):
-    real = bench._implementations
+def test_bench_refuses_to_time_a_wrong_implementation():
+    wrong = bench.Implementation("wrong", lambda shape: lambda feeds: np.zeros_like(feeds["q"]), lambda s: 0)
+    with pytest.raises(RuntimeError, match="wrong is wrong"):
+        bench.bench_one(wrong, bench.Shape(1, 1, 16, 4), repeats=1, warmup=0)
 
-    def with_wrong_op(shape, threads):
-        implementations = real(shape, threads)
-        implementations["onnxruntime-op"] = lambda feeds: np.zeros_like(feeds["q"])
-        return implementations
 
-    monkeypatch.setattr(bench, "_implementations", with_wrong_op)
-    with pytest.raises(RuntimeError, match="disagrees with eager"):
-        bench.bench_op(bench.Shape(1, 1, 8, 4))
+def test_bench_skips_what_cannot_fit_in_memory():
+    huge = bench.Implementation("huge", lambda shape: pytest.fail("must not run"), lambda s: 1 << 60)
+    result = bench.bench_one(huge, bench.Shape(1, 1, 16, 4), repeats=1, warmup=0)
+    assert result.seconds is None and "free memory" in result.skipped
+
+
+def test_causal_pair_dims_count_visible_pairs():
+    assert bench.Shape(1, 1, 4, 2, causal=True).pair_dims == 10 * 2
+    assert bench.Shape(2, 3, 4, 2).pair_dims == 2 * 3 * 16 * 2
 
 
 @pytest.mark.parametrize("text", ["1,2,3", "1,2,3,x", "0,1,1,1"])
