@@ -178,6 +178,12 @@ def bench_one(impl: Implementation, shape: Shape, repeats: int, warmup: int) -> 
     error = error_stats("out", out[..., -ORACLE_ROWS:, :], reference).norm_rel
     if error > MAX_ERROR_VS_FP64:
         raise RuntimeError(f"{impl.name} is wrong at {shape}: normwise error {error:.2e} against float64")
+    seconds = _median_seconds(run, sets, repeats, warmup)
+    return Result(impl.name, shape, seconds, error, max(0, _peak_rss() - baseline))
+
+
+def _median_seconds(run: Callable[[Feeds], object], sets: list[Feeds], repeats: int, warmup: int) -> float:
+    """Median wall time of ``run`` over ``repeats`` calls after ``warmup`` calls, rotating through ``sets``."""
     for i in range(warmup):
         run(sets[i % len(sets)])
     times = []
@@ -186,7 +192,7 @@ def bench_one(impl: Implementation, shape: Shape, repeats: int, warmup: int) -> 
         start = time.perf_counter()
         run(feeds)
         times.append(time.perf_counter() - start)
-    return Result(impl.name, shape, statistics.median(times), error, max(0, _peak_rss() - baseline))
+    return statistics.median(times)
 
 
 def bench(shapes: list[Shape], repeats: int = 5, warmup: int = 1,
@@ -273,3 +279,63 @@ def write_report(results: list[Result], out: Path) -> None:
     summary = ", ".join(f"{k} {v}" for k, v in machine().items())
     (out / "bench.md").write_text(f"{summary}\n\n{markdown(results, roofline['pair_dims_per_second'])}\n")
     plot(results, out / "bench.png")
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    """A whole-model measurement: a named model at a batch (and sequence length for LMs)."""
+
+    model: str
+    batch: int
+    seq: int | None = None
+
+
+MODEL_CASES = (ModelCase("deit-tiny", 1), ModelCase("deit-tiny", 64), ModelCase("lm-small", 1, 256))
+
+
+@dataclass
+class ModelResult:
+    """Eager float32 and ONNX Runtime (our op) latency of one model case, and their agreement."""
+
+    case: ModelCase
+    eager_seconds: float
+    onnxruntime_seconds: float
+    norm_error: float
+
+
+def bench_model(case: ModelCase, repeats: int = 3, warmup: int = 1) -> ModelResult:
+    """Time the eager model and the ONNX Runtime build of it (FourierAttention as our op) on the same inputs."""
+    from export.build import load_model, passes_for, retarget
+    from export.onnx_export import export_onnx
+    from fourierformer.models import example_inputs
+
+    config, model = load_model(case.model, None, 0)
+    proto = retarget(export_onnx(model, config), passes_for("onnxruntime", "plugin", "fp32"))
+    session = ort_session(proto.SerializeToString(), plugin_library.ort_library())
+    tensors = [example_inputs(config, case.batch, case.seq, seed) for seed in range(2)]
+    sets = [{k: v.numpy() for k, v in t.items()} for t in tensors]
+
+    def eager(feeds: Feeds) -> np.ndarray:
+        with torch.no_grad():
+            return model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
+
+    def onnxruntime(feeds: Feeds) -> np.ndarray:
+        return session.run(None, feeds)[0]
+
+    error = error_stats("logits", onnxruntime(sets[0]), eager(sets[0])).norm_rel
+    if error > MAX_ERROR_VS_FP64:
+        raise RuntimeError(f"{case.model}: ONNX Runtime disagrees with eager (normwise error {error:.2e})")
+    eager_s = _median_seconds(eager, sets, repeats, warmup)
+    ort_s = _median_seconds(onnxruntime, sets, repeats, warmup)
+    log.info("%s batch %d: eager %.3f s, onnxruntime %.3f s", case.model, case.batch, eager_s, ort_s)
+    return ModelResult(case, eager_s, ort_s, error)
+
+
+def models_markdown(results: list[ModelResult]) -> str:
+    """Model-level table: latency of each, speedup, and the normwise difference of the logits."""
+    rows = ["| model | batch | seq | eager fp32 ms | onnxruntime (our op) ms | speedup | logits error vs eager |",
+            "|---|---|---|---|---|---|---|"]
+    rows += [f"| {r.case.model} | {r.case.batch} | {r.case.seq or '-'} | {r.eager_seconds * 1e3:.1f} | "
+             f"{r.onnxruntime_seconds * 1e3:.1f} | {r.eager_seconds / r.onnxruntime_seconds:.1f}x | "
+             f"{r.norm_error:.1e} |" for r in results]
+    return "\n".join(rows)

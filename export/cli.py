@@ -184,11 +184,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Time the op's CPU implementations; print the table, write JSON, Markdown and a plot with --out."""
     from dataclasses import replace
 
-    from export.bench import bench, cpu_roofline, machine, markdown, write_report
+    from export.bench import (MODEL_CASES, bench, bench_model, cpu_roofline, machine, markdown, models_markdown,
+                              write_report)
 
+    print(", ".join(f"{k} {v}" for k, v in machine().items()))
+    if args.models:
+        table = models_markdown([bench_model(case) for case in MODEL_CASES])
+        print(table)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "bench-models.md").write_text(table + "\n")
+        return EXIT_OK
     shapes = [replace(shape, causal=causal) for shape in args.sizes for causal in sorted({False, args.causal})]
     results = bench(shapes, args.repeats, args.warmup)
-    print(", ".join(f"{k} {v}" for k, v in machine().items()))
     print(markdown(results, cpu_roofline()["pair_dims_per_second"]))
     if args.out:
         write_report(results, args.out)
@@ -281,6 +289,8 @@ def make_parser() -> argparse.ArgumentParser:
                    default=[_shape(f"1,4,{n},64") for n in (256, 1024, 4096, 16384)],
                    help="problem sizes, Nq = Nk = N (default 1,4,N,64 for N in 256 1024 4096 16384)")
     p.add_argument("--causal", action="store_true", help="also time the causal variant")
+    p.add_argument("--models", action="store_true",
+                   help="model level instead: DeiT-tiny batch 1 and 64, lm-small context 256, eager vs our op")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per implementation (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--out", type=Path, help="also write DIR/bench.json, bench.md and bench.png")

@@ -46,3 +46,10 @@ def test_bench_rejects_bad_sizes(text, capsys):
         main(["bench", "--sizes", text])
     err = capsys.readouterr().err
     assert "B,H,N,D" in err or "sizes must be >= 1" in err
+
+
+def test_model_level_bench_checks_and_times_both(ort_library):
+    result = bench.bench_model(bench.ModelCase("tiny-vit", 2), repeats=1, warmup=0)
+    assert result.eager_seconds > 0 and result.onnxruntime_seconds > 0
+    assert result.norm_error <= bench.MAX_ERROR_VS_FP64
+    assert "| tiny-vit | 2 | - |" in bench.models_markdown([result])
