@@ -12,7 +12,7 @@ IR_VERSION = 10
 """onnx 1.23 writes IR 14 by default, which ONNX Runtime 1.31 rejects."""
 
 
-def ort_op_model(attributes: dict[str, float | int], dtype: np.dtype = np.dtype(np.float32)) -> onnx.ModelProto:
+def ort_op_model(attributes: dict[str, float | int], dtype: np.typing.DTypeLike = np.float32) -> onnx.ModelProto:
     """One FourierAttention node in the ONNX Runtime form: inputs q, k, v of rank 4, dynamic sizes, output out."""
     attrs = opspec.check_attributes(attributes)
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))

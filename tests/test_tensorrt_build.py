@@ -10,7 +10,6 @@ import importlib
 import json
 from pathlib import Path
 
-import onnx_graphsurgeon as gs
 import pytest
 
 from export.build import tensorrt_profiles
