@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from export.errors import UserError
@@ -20,7 +21,13 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIR = REPO_ROOT / "plugins"
 ORT_LIBRARY_NAME = "libfourierformer_ort.so"
-CMAKE_VARIABLES = ("ONNXRUNTIME_INCLUDE_DIR", "FF_DEBIAN_MIRROR", "FF_CPU_ARCH_FLAGS")
+CUDA_LIBRARY_NAME = "libfourierformer_cuda.so"
+TRT_PLUGIN_NAME = "libfourierformer_trt.so"
+HARNESS_NAME = "fourier_attention_plugin_harness"
+NO_CUDA = "no CUDA compiler was found when the plugins were built (install the CUDA toolkit or set CUDACXX, then " \
+          "python -m export build-plugins --force)"
+CMAKE_VARIABLES = ("ONNXRUNTIME_INCLUDE_DIR", "TENSORRT_INCLUDE_DIR", "FF_DEBIAN_MIRROR", "FF_CPU_ARCH_FLAGS",
+                   "FF_CUDA_ARCHITECTURES")
 """Environment variables passed through to CMake when set (header locations and build flags)."""
 
 
@@ -60,7 +67,8 @@ def build_plugins(force: bool = False) -> Path:
         return out
     log.info("building plugin libraries in %s (first use or sources changed)...", out)
     defines = [f"-D{name}={os.environ[name]}" for name in CMAKE_VARIABLES if os.environ.get(name)]
-    _run(["cmake", "-S", str(SOURCE_DIR), "-B", str(out), "-DCMAKE_BUILD_TYPE=Release", *defines], "cmake configure")
+    _run(["cmake", "-S", str(SOURCE_DIR), "-B", str(out), "-DCMAKE_BUILD_TYPE=Release",
+          f"-DPython3_EXECUTABLE={sys.executable}", *defines], "cmake configure")
     _run(["cmake", "--build", str(out), "--parallel", str(os.cpu_count() or 1)], "cmake build")
     stamp.write_text(digest)
     log.info("built %s", out / ORT_LIBRARY_NAME)
@@ -71,3 +79,26 @@ def ort_library() -> Path:
     """Path to the ONNX Runtime custom-op library, built first if needed."""
     return build_plugins() / ORT_LIBRARY_NAME
 
+
+
+def _built(name: str, missing: str) -> Path:
+    """Path of a built artifact of the CMake project; UserError saying why it is missing."""
+    path = build_plugins() / name
+    if not path.is_file():
+        raise UserError(f"{name} was not built: {missing}")
+    return path
+
+
+def cuda_library() -> Path:
+    """The CUDA kernel's shared library (plain C launcher API, for ctypes)."""
+    return _built(CUDA_LIBRARY_NAME, NO_CUDA)
+
+
+def trt_plugin_library() -> Path:
+    """The TensorRT plugin library (exports getCreators)."""
+    return _built(TRT_PLUGIN_NAME, NO_CUDA)
+
+
+def plugin_harness() -> Path:
+    """The C++ harness that checks the TensorRT plugin without a TensorRT library."""
+    return _built(HARNESS_NAME, NO_CUDA)

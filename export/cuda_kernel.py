@@ -1,0 +1,90 @@
+"""The CUDA kernel from Python: its plain C launcher (libfourierformer_cuda.so) called through ctypes."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+
+from export import plugin_library
+from export.errors import UserError
+from fourierformer import opspec
+
+DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+"""torch dtype -> ff_dtype of fourier_attention.h."""
+
+
+class Params(ctypes.Structure):
+    """ff_params of plugins/common/fourier_attention.h."""
+
+    _fields_ = [("batch", ctypes.c_int64), ("heads", ctypes.c_int64), ("nq", ctypes.c_int64),
+                ("nk", ctypes.c_int64), ("dim", ctypes.c_int64), ("R", ctypes.c_float),
+                ("power", ctypes.c_int32), ("eps", ctypes.c_float), ("causal", ctypes.c_int32)]
+
+
+class Strides(ctypes.Structure):
+    """ff_strides of plugins/cuda/fourier_attention_cuda.h (elements; the last dim is contiguous)."""
+
+    _fields_ = [("batch", ctypes.c_int64), ("head", ctypes.c_int64), ("row", ctypes.c_int64)]
+
+
+@functools.cache
+def library() -> ctypes.CDLL:
+    """The loaded kernel library with typed entry points."""
+    lib = ctypes.CDLL(str(plugin_library.cuda_library()))
+    lib.ff_cuda_workspace_size.argtypes = [ctypes.POINTER(Params)]
+    lib.ff_cuda_workspace_size.restype = ctypes.c_size_t
+    pointer = ctypes.c_void_p
+    lib.ff_cuda_forward.argtypes = [ctypes.POINTER(Params), ctypes.c_int, pointer, ctypes.POINTER(Strides), pointer,
+                                    ctypes.POINTER(Strides), pointer, ctypes.POINTER(Strides), pointer,
+                                    ctypes.POINTER(Strides), pointer, ctypes.c_size_t, pointer]
+    lib.ff_cuda_forward.restype = ctypes.c_char_p
+    return lib
+
+
+def params(q: torch.Tensor, k: torch.Tensor, R: float, power: int, eps: float, causal: bool) -> Params:
+    """The C parameter block for q[B,H,Nq,D] and k[B,H,Nk,D]."""
+    b, h, nq, d = q.shape
+    return Params(b, h, nq, k.shape[2], d, R, power, eps, int(causal))
+
+
+def _strides(t: torch.Tensor) -> Strides:
+    if t.stride(-1) != 1:
+        raise ValueError("FourierAttention (CUDA): the last dimension of q, k, v must be contiguous")
+    return Strides(*t.stride()[:3])
+
+
+def fourier_attention_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, R: float = opspec.R.default,
+                           power: int = opspec.POWER.default, eps: float = opspec.EPS.default,
+                           causal: bool = False) -> torch.Tensor:
+    """FourierAttention on CUDA tensors q[B,H,Nq,D], k/v[B,H,Nk,D] (float32/float16/bfloat16, one dtype)."""
+    if not (q.is_cuda and k.is_cuda and v.is_cuda):
+        raise ValueError("FourierAttention (CUDA): q, k and v must be CUDA tensors")
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or q.dtype not in DTYPES or not q.dtype == k.dtype == v.dtype:
+        raise ValueError("FourierAttention (CUDA): q, k, v must be rank-4 tensors of one dtype among "
+                         f"{list(DTYPES)}; got {q.dtype}/{k.dtype}/{v.dtype} of ranks {q.dim()}/{k.dim()}/{v.dim()}")
+    if q.shape[:2] != k.shape[:2] or k.shape != v.shape or q.shape[3] != k.shape[3]:
+        raise ValueError(f"FourierAttention (CUDA): shapes q{list(q.shape)} k{list(k.shape)} v{list(v.shape)} disagree")
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    p = params(q, k, R, power, eps, causal)
+    lib = library()
+    workspace = torch.empty(lib.ff_cuda_workspace_size(ctypes.byref(p)), dtype=torch.uint8, device=q.device)
+    error = lib.ff_cuda_forward(ctypes.byref(p), DTYPES[q.dtype], q.data_ptr(), ctypes.byref(_strides(q)),
+                                k.data_ptr(), ctypes.byref(_strides(k)), v.data_ptr(), ctypes.byref(_strides(v)),
+                                out.data_ptr(), ctypes.byref(_strides(out)), workspace.data_ptr(), workspace.numel(),
+                                torch.cuda.current_stream(q.device).cuda_stream)
+    if error is not None:
+        raise RuntimeError(error.decode())
+    return out
+
+
+def available() -> str | None:
+    """None if the CUDA kernel can run here, else what is missing."""
+    if not torch.cuda.is_available():
+        return "needs an NVIDIA GPU: torch.cuda.is_available() is False (CPU-only torch or no device)"
+    try:
+        library()
+    except UserError as exc:
+        return str(exc)
+    return None
