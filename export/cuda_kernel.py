@@ -1,9 +1,15 @@
-"""The CUDA kernel from Python: its plain C launcher (libfourierformer_cuda.so) called through ctypes."""
+"""The CUDA kernel from Python: its plain C launcher (libfourierformer_cuda.so) called through ctypes.
+
+The library is built with the other plugins (:func:`export.plugin_library.cuda_library`), or taken from
+``$FOURIERFORMER_CUDA_LIBRARY`` when set (a prebuilt ``libfourierformer_cuda.so``, e.g. from scripts/gpu_checks.sh).
+"""
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
+from pathlib import Path
 
 import torch
 
@@ -29,10 +35,25 @@ class Strides(ctypes.Structure):
     _fields_ = [("batch", ctypes.c_int64), ("head", ctypes.c_int64), ("row", ctypes.c_int64)]
 
 
+LIBRARY_ENV = "FOURIERFORMER_CUDA_LIBRARY"
+"""Environment variable naming a prebuilt libfourierformer_cuda.so (skips the CMake build)."""
+
+
+def library_path() -> Path:
+    """``$FOURIERFORMER_CUDA_LIBRARY`` if set, else the library built with the plugins (UserError if not built)."""
+    override = os.environ.get(LIBRARY_ENV)
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise UserError(f"{LIBRARY_ENV}={override} is not a file")
+        return path
+    return plugin_library.cuda_library()
+
+
 @functools.cache
 def library() -> ctypes.CDLL:
-    """The loaded kernel library with typed entry points."""
-    lib = ctypes.CDLL(str(plugin_library.cuda_library()))
+    """The loaded kernel library with typed entry points (loading it needs no GPU)."""
+    lib = ctypes.CDLL(str(library_path()))
     lib.ff_cuda_workspace_size.argtypes = [ctypes.POINTER(Params)]
     lib.ff_cuda_workspace_size.restype = ctypes.c_size_t
     pointer = ctypes.c_void_p
@@ -50,7 +71,7 @@ def params(q: torch.Tensor, k: torch.Tensor, R: float, power: int, eps: float, c
 
 
 def _strides(t: torch.Tensor) -> Strides:
-    if t.stride(-1) != 1:
+    if t.stride(-1) != 1 and t.shape[-1] > 1:
         raise ValueError("FourierAttention (CUDA): the last dimension of q, k, v must be contiguous")
     return Strides(*t.stride()[:3])
 
@@ -58,9 +79,14 @@ def _strides(t: torch.Tensor) -> Strides:
 def fourier_attention_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, R: float = opspec.R.default,
                            power: int = opspec.POWER.default, eps: float = opspec.EPS.default,
                            causal: bool = False) -> torch.Tensor:
-    """FourierAttention on CUDA tensors q[B,H,Nq,D], k/v[B,H,Nk,D] (float32/float16/bfloat16, one dtype)."""
-    if not (q.is_cuda and k.is_cuda and v.is_cuda):
-        raise ValueError("FourierAttention (CUDA): q, k and v must be CUDA tensors")
+    """FourierAttention on CUDA tensors q[B,H,Nq,D], k/v[B,H,Nk,D] (float32/float16/bfloat16, one dtype).
+
+    Any strides with a contiguous last dim; returns a contiguous tensor of q's dtype, enqueued on the current
+    stream. Raises ValueError for bad tensors, RuntimeError with the C message for bad attributes (e.g. odd
+    power, D > 256) or a CUDA launch error.
+    """
+    if not (q.is_cuda and k.is_cuda and v.is_cuda) or not q.device == k.device == v.device:
+        raise ValueError("FourierAttention (CUDA): q, k and v must be CUDA tensors on one device")
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or q.dtype not in DTYPES or not q.dtype == k.dtype == v.dtype:
         raise ValueError("FourierAttention (CUDA): q, k, v must be rank-4 tensors of one dtype among "
                          f"{list(DTYPES)}; got {q.dtype}/{k.dtype}/{v.dtype} of ranks {q.dim()}/{k.dim()}/{v.dim()}")
@@ -68,21 +94,25 @@ def fourier_attention_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, R:
         raise ValueError(f"FourierAttention (CUDA): shapes q{list(q.shape)} k{list(k.shape)} v{list(v.shape)} disagree")
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     p = params(q, k, R, power, eps, causal)
+    strides = [ctypes.byref(_strides(t)) for t in (q, k, v, out)]
     lib = library()
-    workspace = torch.empty(lib.ff_cuda_workspace_size(ctypes.byref(p)), dtype=torch.uint8, device=q.device)
-    error = lib.ff_cuda_forward(ctypes.byref(p), DTYPES[q.dtype], q.data_ptr(), ctypes.byref(_strides(q)),
-                                k.data_ptr(), ctypes.byref(_strides(k)), v.data_ptr(), ctypes.byref(_strides(v)),
-                                out.data_ptr(), ctypes.byref(_strides(out)), workspace.data_ptr(), workspace.numel(),
-                                torch.cuda.current_stream(q.device).cuda_stream)
+    with torch.cuda.device(q.device):  # the launch goes to the current device
+        workspace = torch.empty(lib.ff_cuda_workspace_size(ctypes.byref(p)), dtype=torch.uint8, device=q.device)
+        error = lib.ff_cuda_forward(ctypes.byref(p), DTYPES[q.dtype], q.data_ptr(), strides[0], k.data_ptr(),
+                                    strides[1], v.data_ptr(), strides[2], out.data_ptr(), strides[3],
+                                    workspace.data_ptr(), workspace.numel(),
+                                    torch.cuda.current_stream(q.device).cuda_stream)
     if error is not None:
-        raise RuntimeError(error.decode())
+        raise RuntimeError(f"ff_cuda_forward: {error.decode()}")
     return out
 
 
 def available() -> str | None:
     """None if the CUDA kernel can run here, else what is missing."""
     if not torch.cuda.is_available():
-        return "needs an NVIDIA GPU: torch.cuda.is_available() is False (CPU-only torch or no device)"
+        why = (f"this torch {torch.__version__} is a CPU build" if torch.version.cuda is None else
+               f"torch {torch.__version__} is built for CUDA {torch.version.cuda} but finds no usable device/driver")
+        return f"needs an NVIDIA GPU: torch.cuda.is_available() is False ({why})"
     try:
         library()
     except UserError as exc:

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# GPU checks of the CUDA kernel, for a machine with an NVIDIA GPU (e.g. a lent H100): run from the repository
+# root of a copy of the working tree. Needs python3 with torch (CUDA build), numpy, onnx, onnxruntime, pytest,
+# cmake and nvcc; no network, no .venv, no TensorRT needed. Builds only the CUDA kernel (own build dir, no ONNX
+# Runtime headers), runs tests/test_cuda_kernel.py, and writes every log to $OUT (if set) or ./gpu_checks_logs.
+#   FF_CUDA_ARCHITECTURES (default 90), PYTHON (default python3), BUILD_DIR (default /tmp/ff-gpu-checks-build)
+# Every step runs even if an earlier one failed; the exit status is non-zero if any step failed.
+set -u
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+export FF_CUDA_ARCHITECTURES="${FF_CUDA_ARCHITECTURES:-90}"
+BUILD_DIR="${BUILD_DIR:-/tmp/ff-gpu-checks-build}"
+LOGS="${OUT:-$PWD/gpu_checks_logs}"
+mkdir -p "$LOGS"
+SUMMARY="$LOGS/summary.txt"
+: > "$SUMMARY"
+FAILED=0
+
+say() { echo "$*" | tee -a "$SUMMARY"; }
+# step NAME COMMAND...: run, log to $LOGS/NAME.log (then shown), record the status.
+step() {
+  local name="$1"; shift
+  echo "=== $name: $*" | tee -a "$SUMMARY"
+  local start=$SECONDS
+  "$@" > "$LOGS/$name.log" 2>&1  # not a pipeline: the step runs in this shell (it may set variables)
+  local rc=$?
+  cat "$LOGS/$name.log"
+  if [ "$rc" -eq 0 ]; then say "--- $name: OK ($((SECONDS - start)) s)"; else say "--- $name: FAILED (exit $rc, $((SECONDS - start)) s; log $LOGS/$name.log)"; FAILED=1; fi
+  return "$rc"
+}
+
+gpu_info() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap,clocks.max.sm --format=csv &&
+    nvidia-smi -L && nvcc --version | tail -2 &&
+    "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+}
+
+tensorrt_info() {
+  local py lib
+  if py=$("$PYTHON" -c "import tensorrt; print(tensorrt.__version__)" 2>/dev/null); then py="python tensorrt $py"; else py="no python tensorrt"; fi
+  if lib=$(ldconfig -p 2>/dev/null | grep -o 'libnvinfer[^ ]*' | sort -u | tr '\n' ' '); [ -n "$lib" ]; then lib="libnvinfer: $lib"; else lib="no libnvinfer in ldconfig"; fi
+  echo "TensorRT on this machine: $py; $lib"
+}
+
+build_cuda() {
+  cmake -S plugins -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DFF_BUILD_ONNXRUNTIME=OFF -DFF_BUILD_TENSORRT=OFF \
+    -DFF_BUILD_CUDA=ON -DFF_CUDA_ARCHITECTURES="$FF_CUDA_ARCHITECTURES" &&
+    cmake --build "$BUILD_DIR" --target fourierformer_cuda_shared fourierformer_cuda --parallel "$(nproc)" &&
+    test -f "$BUILD_DIR/libfourierformer_cuda.so" &&
+    nm -D --defined-only "$BUILD_DIR/libfourierformer_cuda.so"
+}
+
+ptxas_report() {  # registers / spills / shared memory per kernel instance, for the record
+  nvcc -O3 -arch="sm_${FF_CUDA_ARCHITECTURES%%[;-]*}" -Iplugins/common -Iplugins/cuda -Xptxas -v -c \
+    plugins/cuda/fourier_attention_cuda.cu -o /dev/null
+}
+
+# The test imports conftest.py, which needs polygraphy (and onnx_graphsurgeon): pure-Python packages that a
+# machine without network may lack. Missing ones are taken from a carried .venv (symlinked, nothing installed).
+EXTRA_PYTHONPATH=""
+python_deps() {
+  local missing=0 mod src
+  mkdir -p "$BUILD_DIR/pypath"
+  for mod in torch numpy onnx onnxruntime pytest hypothesis polygraphy onnx_graphsurgeon; do
+    if "$PYTHON" -c "import $mod" 2>/dev/null; then echo "python module $mod: ok"; continue; fi
+    src=$(ls -d .venv/lib/python3*/site-packages/"$mod" 2>/dev/null | head -1)
+    if [ -n "$src" ] && { [ "$mod" = polygraphy ] || [ "$mod" = onnx_graphsurgeon ]; }; then
+      ln -sfn "$PWD/$src" "$BUILD_DIR/pypath/$mod"
+      EXTRA_PYTHONPATH="$BUILD_DIR/pypath"
+      echo "python module $mod: missing, using $src"
+    else
+      echo "python module $mod: MISSING"; missing=1
+    fi
+  done
+  return "$missing"
+}
+
+run_tests() {
+  FOURIERFORMER_CUDA_LIBRARY="$BUILD_DIR/libfourierformer_cuda.so" \
+    PYTHONPATH="$PWD${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}${PYTHONPATH:+:$PYTHONPATH}" \
+    "$PYTHON" -m pytest -v -rs -p no:cacheprovider tests/test_cuda_kernel.py --junitxml="$LOGS/test_cuda_kernel.xml"
+}
+
+step gpu_info gpu_info
+step tensorrt tensorrt_info
+step python_deps python_deps
+step build_cuda build_cuda
+step ptxas ptxas_report
+if [ -f "$BUILD_DIR/libfourierformer_cuda.so" ]; then
+  step test_cuda_kernel run_tests
+else
+  say "--- test_cuda_kernel: SKIPPED (the library was not built)"; FAILED=1
+fi
+say "=== gpu_checks: $([ "$FAILED" -eq 0 ] && echo ALL OK || echo SOME STEP FAILED); logs in $LOGS"
+exit "$FAILED"
