@@ -75,6 +75,17 @@ python_deps() {
   return "$missing"
 }
 
+# The plugin's enqueue, through the C++ harness. TensorRT's headers need network to fetch, so the machine gets
+# them carried: TENSORRT_INCLUDE_DIR (e.g. build/plugins/_deps/tensorrt-headers/kernel_lens/include/tensorrt).
+harness_enqueue() {
+  [ -n "${TENSORRT_INCLUDE_DIR:-}" ] || { echo "TENSORRT_INCLUDE_DIR is not set: cannot build the plugin"; return 1; }
+  cmake -S plugins -B "$BUILD_DIR" -DFF_BUILD_TENSORRT=ON -DTENSORRT_INCLUDE_DIR="$TENSORRT_INCLUDE_DIR" &&
+    cmake --build "$BUILD_DIR" --target fourier_attention_plugin_harness --parallel "$(nproc)" &&
+    "$BUILD_DIR/fourier_attention_plugin_harness" "$BUILD_DIR/libfourierformer_trt.so" --enqueue &&
+    "$BUILD_DIR/fourier_attention_plugin_harness" "$BUILD_DIR/libfourierformer_trt.so" --enqueue \
+      --field causal:INT32=1 --field power:INT32=8 --field R:FLOAT32=0.5
+}
+
 run_tests() {
   FOURIERFORMER_CUDA_LIBRARY="$BUILD_DIR/libfourierformer_cuda.so" \
     PYTHONPATH="$PWD${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}${PYTHONPATH:+:$PYTHONPATH}" \
@@ -91,5 +102,6 @@ if [ -f "$BUILD_DIR/libfourierformer_cuda.so" ]; then
 else
   say "--- test_cuda_kernel: SKIPPED (the library was not built)"; FAILED=1
 fi
+step harness_enqueue harness_enqueue
 say "=== gpu_checks: $([ "$FAILED" -eq 0 ] && echo ALL OK || echo SOME STEP FAILED); logs in $LOGS"
 exit "$FAILED"
