@@ -124,7 +124,21 @@ def profile_shapes(model: onnx.ModelProto, profiles: Profiles) -> dict[str, tupl
 
 def build_engine(onnx_path: Path, engine_path: Path, profiles: Profiles, compute_capabilities: list[int],
                  plugin_library: Path | None, timing_cache: Path | None) -> TensorRT:
-    """Build a strongly typed engine from ``onnx_path`` into ``engine_path``; returns the TensorRT used."""
+    """Build a strongly typed engine from ``onnx_path`` into ``engine_path``; returns the TensorRT used.
+
+    Polygraphy's own errors (an unsupported compute capability, a parser failure) become UserErrors.
+    """
+    from polygraphy.exception import PolygraphyException
+
+    try:
+        return _build_engine(onnx_path, engine_path, profiles, compute_capabilities, plugin_library, timing_cache)
+    except PolygraphyException as exc:
+        raise UserError(f"TensorRT build failed: {exc}") from exc
+
+
+def _build_engine(onnx_path: Path, engine_path: Path, profiles: Profiles, compute_capabilities: list[int],
+                  plugin_library: Path | None, timing_cache: Path | None) -> TensorRT:
+    """build_engine's work, letting Polygraphy's exceptions through."""
     trt = load_tensorrt()
     from polygraphy.backend import trt as ptrt
 

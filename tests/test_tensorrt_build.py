@@ -134,6 +134,7 @@ def test_running_an_engine_without_gpu_says_what_is_missing(engines, capsys, com
     (["batch=4:2:8"], "must satisfy"),
     (["seq=1:2:3"], "not a dynamic dimension of this model"),
     (["batch=1:2"], "expected NAME=MIN:OPT:MAX"),
+    (["batch=1:1:2", "--compute-capability", "70"], "SM70) not supported"),
 ])
 def test_bad_profiles_are_clear_errors(tmp_path, capsys, shapes, message):
     try:
