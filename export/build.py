@@ -20,7 +20,7 @@ from export.errors import UserError
 from export.onnx_export import MAX_BATCH, OPSET, export_onnx
 from export.passes import GraphPass, cleanup, decompose, to_fp16, to_onnxruntime, to_tensorrt
 from export.runtime import artifact_feeds, ort_session, run
-from export.tensorrt_backend import Profiles, gpu_missing_reason, installed_flavour
+from export.tensorrt_backend import Profiles, gpu_missing_reason, installed_flavour, plugin_tensorrt_version
 from export.tensorrt_backend import build_engine as build_tensorrt_engine
 from fourierformer.configs import LMConfig, ModelConfig, config_to_dict, get_config
 from fourierformer.models import create_model, example_inputs, load_checkpoint
@@ -199,7 +199,8 @@ def build_engine(options: BuildOptions) -> Manifest:
             manifest.engine_file = ENGINE_FILE
             manifest.tensorrt = {"flavour": trt.flavour, "version": trt.version,
                                  "compute_capabilities": list(options.compute_capabilities),
-                                 "profiles": {name: list(p) for name, p in profiles.items()}}
+                                 "profiles": {name: list(p) for name, p in profiles.items()},
+                                 "plugin_built_for": plugin_tensorrt_version(library) if library else None}
         log.info("[4/5] hashing files")
         write_manifest(staging, manifest)
         log.info("[5/5] writing %s", options.out)

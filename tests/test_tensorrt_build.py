@@ -65,6 +65,7 @@ def test_manifest_records_the_tensorrt_build(engines, model, precision):
     assert manifest["tensorrt"]["flavour"] == installed_flavour()
     assert manifest["tensorrt"]["compute_capabilities"] == caps
     assert manifest["tensorrt"]["profiles"]["batch"] == [1, 1, 16]
+    assert manifest["tensorrt"]["plugin_built_for"] is None  # decomposed: no plugin
     assert manifest["plugin_library"] is None and manifest["engine_file"] == "model.engine"
     assert set(manifest["files"]) == {"model.onnx", "model.engine"}
     assert (directory / "model.engine").stat().st_size > 10_000
