@@ -87,7 +87,7 @@ bool ToFFDtype(DataType t, ff_dtype* out) {
   }
 }
 
-// Fills the sizes of *p from q [B,H,Nq,D], k [B,H,Nk,D], v [B,H,Nk,D]; false (with *why) on a mismatch.
+// Sizes of *p from q [B,H,Nq,D], k [B,H,Nk,D], v [B,H,Nk,D]; false (with *why) on a mismatch.
 // Negative extents (unknown at build time) are accepted when allow_unknown is set.
 bool ShapesToParams(const nvinfer1::Dims& q, const nvinfer1::Dims& k, const nvinfer1::Dims& v, bool allow_unknown,
                     ff_params* p, const char** why) {
@@ -117,6 +117,16 @@ bool ShapesToParams(const nvinfer1::Dims& q, const nvinfer1::Dims& k, const nvin
   p->nk = k.d[2];
   p->dim = q.d[3];
   return true;
+}
+
+// The kernel's parameters for these attributes and shapes; false (reported on stderr) on a shape mismatch.
+bool CheckedParams(const Attributes& a, const nvinfer1::Dims& q, const nvinfer1::Dims& k, const nvinfer1::Dims& v,
+                   bool allow_unknown, ff_params* p) {
+  *p = MakeParams(a);
+  const char* why = nullptr;
+  if (ShapesToParams(q, k, v, allow_unknown, p, &why)) return true;
+  ReportError(why);
+  return false;
 }
 
 }  // namespace
@@ -208,13 +218,8 @@ int32_t FourierAttentionPlugin::configurePlugin(const nvinfer1::DynamicPluginTen
     ReportError("configurePlugin: expected 3 inputs (q, k, v) and 1 output");
     return -1;
   }
-  ff_params p = MakeParams(attrs_);
-  const char* why = nullptr;
-  if (!ShapesToParams(in[0].desc.dims, in[1].desc.dims, in[2].desc.dims, /*allow_unknown=*/true, &p, &why)) {
-    ReportError(why);
-    return -1;
-  }
-  return 0;
+  ff_params p;
+  return CheckedParams(attrs_, in[0].desc.dims, in[1].desc.dims, in[2].desc.dims, /*allow_unknown=*/true, &p) ? 0 : -1;
 }
 
 int32_t FourierAttentionPlugin::getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
@@ -271,13 +276,8 @@ int32_t FourierAttentionPlugin::onShapeChange(const nvinfer1::PluginTensorDesc* 
     ReportError("onShapeChange: expected 3 inputs (q, k, v) and 1 output");
     return -1;
   }
-  ff_params p = MakeParams(attrs_);
-  const char* why = nullptr;
-  if (!ShapesToParams(in[0].dims, in[1].dims, in[2].dims, /*allow_unknown=*/false, &p, &why)) {
-    ReportError(why);
-    return -1;
-  }
-  return 0;
+  ff_params p;
+  return CheckedParams(attrs_, in[0].dims, in[1].dims, in[2].dims, /*allow_unknown=*/false, &p) ? 0 : -1;
 }
 
 int32_t FourierAttentionPlugin::enqueue(const nvinfer1::PluginTensorDesc* inputDesc,
@@ -287,10 +287,8 @@ int32_t FourierAttentionPlugin::enqueue(const nvinfer1::PluginTensorDesc* inputD
     ReportError("enqueue: null tensor descriptors or pointers");
     return -1;
   }
-  ff_params p = MakeParams(attrs_);
-  const char* why = nullptr;
-  if (!ShapesToParams(inputDesc[0].dims, inputDesc[1].dims, inputDesc[2].dims, /*allow_unknown=*/false, &p, &why)) {
-    ReportError(why);
+  ff_params p;
+  if (!CheckedParams(attrs_, inputDesc[0].dims, inputDesc[1].dims, inputDesc[2].dims, /*allow_unknown=*/false, &p)) {
     return -1;
   }
   ff_dtype dtype;
