@@ -24,7 +24,7 @@ import onnxruntime as ort
 import torch
 
 from export import plugin_library
-from export.op_model import ort_op_model
+from export.op_model import attention_inputs, ort_op_model
 from export.runtime import ort_session
 from export.validate import error_stats
 from fourierformer.attention import fourier_attention_oracle, fourier_attention_reference
@@ -126,13 +126,8 @@ OUR_KERNELS = {"onnxruntime-op"}
 
 
 def inputs(shape: Shape, seed: int) -> Feeds:
-    """Random non-zero q, k, v; R*(q-k) of typical size 1/sqrt(D) per dim so row sums stay far above eps."""
-    rng = np.random.default_rng(seed)
-    size = (shape.batch, shape.heads, shape.n, shape.dim)
-    scale = 1.0 / np.sqrt(2 * shape.dim)
-    return {"q": (rng.standard_normal(size) * scale).astype(np.float32),
-            "k": (rng.standard_normal(size) * scale).astype(np.float32),
-            "v": rng.standard_normal(size).astype(np.float32)}
+    """Random non-zero q, k, v for ``shape`` (R = 1), scaled so row sums stay far above eps."""
+    return attention_inputs(shape.batch, shape.heads, shape.n, shape.n, shape.dim, R=1.0, seed=seed)
 
 
 def _reference(impl: Implementation, feeds: Feeds, causal: bool) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Single-node ONNX models of FourierAttention, for tests and benchmarks of the op alone."""
+"""Single-node ONNX models of FourierAttention and random inputs for them, for tests and benchmarks of the op."""
 
 from __future__ import annotations
 
@@ -25,3 +25,17 @@ def ort_op_model(attributes: dict[str, float | int], dtype: np.typing.DTypeLike 
                                                     helper.make_opsetid(opspec.ORT_DOMAIN, opspec.ORT_VERSION)])
     model.ir_version = IR_VERSION
     return model
+
+
+def attention_inputs(b: int, h: int, nq: int, nk: int, d: int, R: float, seed: int = 0, spread: float = 1.0,
+                     shift: float = 0.0) -> dict[str, np.ndarray]:
+    """Random float32 q, k, v with R*(q-k) of typical size spread/sqrt(d), so weights neither vanish nor saturate.
+
+    ``shift`` adds the same offset to q and k: R*q grows large while R*(q-k) does not (stresses cancellation).
+    """
+    rng = np.random.default_rng(seed)
+    scale = spread / (R * np.sqrt(2 * d))
+    q = rng.standard_normal((b, h, nq, d)) * scale + shift
+    k = rng.standard_normal((b, h, nk, d)) * scale + shift
+    v = rng.standard_normal((b, h, nk, d))
+    return {"q": q.astype(np.float32), "k": k.astype(np.float32), "v": v.astype(np.float32)}

@@ -12,7 +12,7 @@ import torch
 from polygraphy.logger import G_LOGGER
 
 from export import plugin_library
-from export.op_model import ort_op_model
+from export.op_model import attention_inputs, ort_op_model  # noqa: F401 (attention_inputs: for the tests)
 from export.runtime import ort_session
 from fourierformer import opspec
 from fourierformer.attention import fourier_attention_oracle
@@ -43,20 +43,6 @@ def op_session(ort_library):
         return _session(ort_library, tuple(sorted(full.items())), np.dtype(dtype).name)
 
     return make
-
-
-def attention_inputs(b: int, h: int, nq: int, nk: int, d: int, R: float, seed: int = 0, spread: float = 1.0,
-                     shift: float = 0.0) -> dict[str, np.ndarray]:
-    """Random float32 q, k, v with R*(q-k) of typical size spread/sqrt(d), so weights neither vanish nor saturate.
-
-    ``shift`` adds the same offset to q and k: R*q grows large while R*(q-k) does not (stresses cancellation).
-    """
-    rng = np.random.default_rng(seed)
-    scale = spread / (R * np.sqrt(2 * d))
-    q = rng.standard_normal((b, h, nq, d)) * scale + shift
-    k = rng.standard_normal((b, h, nk, d)) * scale + shift
-    v = rng.standard_normal((b, h, nk, d))
-    return {"q": q.astype(np.float32), "k": k.astype(np.float32), "v": v.astype(np.float32)}
 
 
 def oracle(inputs: dict[str, np.ndarray], R: float, power: int, eps: float, causal: int) -> tuple[np.ndarray, float]:
