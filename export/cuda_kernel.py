@@ -15,18 +15,8 @@ import torch
 
 from export import plugin_library
 from export.errors import UserError
+from export.kernel_api import DTYPES, Params, check_qkv, params
 from fourierformer import opspec
-
-DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-"""torch dtype -> ff_dtype of fourier_attention.h."""
-
-
-class Params(ctypes.Structure):
-    """ff_params of plugins/common/fourier_attention.h."""
-
-    _fields_ = [("batch", ctypes.c_int64), ("heads", ctypes.c_int64), ("nq", ctypes.c_int64),
-                ("nk", ctypes.c_int64), ("dim", ctypes.c_int64), ("R", ctypes.c_float),
-                ("power", ctypes.c_int32), ("eps", ctypes.c_float), ("causal", ctypes.c_int32)]
 
 
 class Strides(ctypes.Structure):
@@ -64,12 +54,6 @@ def library() -> ctypes.CDLL:
     return lib
 
 
-def params(q: torch.Tensor, k: torch.Tensor, R: float, power: int, eps: float, causal: bool) -> Params:
-    """The C parameter block for q[B,H,Nq,D] and k[B,H,Nk,D]."""
-    b, h, nq, d = q.shape
-    return Params(b, h, nq, k.shape[2], d, R, power, eps, int(causal))
-
-
 def _strides(t: torch.Tensor) -> Strides:
     if t.stride(-1) != 1 and t.shape[-1] > 1:
         raise ValueError("FourierAttention (CUDA): the last dimension of q, k, v must be contiguous")
@@ -87,11 +71,7 @@ def fourier_attention_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, R:
     """
     if not (q.is_cuda and k.is_cuda and v.is_cuda) or not q.device == k.device == v.device:
         raise ValueError("FourierAttention (CUDA): q, k and v must be CUDA tensors on one device")
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or q.dtype not in DTYPES or not q.dtype == k.dtype == v.dtype:
-        raise ValueError("FourierAttention (CUDA): q, k, v must be rank-4 tensors of one dtype among "
-                         f"{list(DTYPES)}; got {q.dtype}/{k.dtype}/{v.dtype} of ranks {q.dim()}/{k.dim()}/{v.dim()}")
-    if q.shape[:2] != k.shape[:2] or k.shape != v.shape or q.shape[3] != k.shape[3]:
-        raise ValueError(f"FourierAttention (CUDA): shapes q{list(q.shape)} k{list(k.shape)} v{list(v.shape)} disagree")
+    check_qkv(q, k, v, "CUDA")
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     p = params(q, k, R, power, eps, causal)
     strides = [ctypes.byref(_strides(t)) for t in (q, k, v, out)]

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIR = REPO_ROOT / "plugins"
 ORT_LIBRARY_NAME = "libfourierformer_ort.so"
+CPU_LIBRARY_NAME = "libfourierformer_cpu.so"
 CUDA_LIBRARY_NAME = "libfourierformer_cuda.so"
 TRT_PLUGIN_NAME = "libfourierformer_trt.so"
 HARNESS_NAME = "fourier_attention_plugin_harness"
@@ -80,13 +81,17 @@ def ort_library() -> Path:
     return build_plugins() / ORT_LIBRARY_NAME
 
 
-
 def _built(name: str, missing: str) -> Path:
     """Path of a built artifact of the CMake project; UserError saying why it is missing."""
     path = build_plugins() / name
     if not path.is_file():
         raise UserError(f"{name} was not built: {missing}")
     return path
+
+
+def cpu_library() -> Path:
+    """The CPU kernel's shared library (plain C API, for ctypes)."""
+    return _built(CPU_LIBRARY_NAME, "the CMake build skipped it (see python -m export build-plugins --force -v)")
 
 
 def cuda_library() -> Path:

@@ -31,6 +31,8 @@ ORT_VERSION = 1
 TENSORRT_DOMAIN = "trt.plugins"
 PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = ""
+TORCH_OP = f"{DOMAIN}::fourier_attention"
+"""The PyTorch custom op on our kernels (export/torch_op.py): (q, k, v, R, power, eps, causal) -> out."""
 
 INPUTS = ("q", "k", "v", "R")
 """Portable node inputs: q[B,H,Nq,D], k[B,H,Nk,D], v[B,H,Nk,D], scalar R."""

@@ -20,6 +20,7 @@ from conftest import assert_not_vacuous, attention_inputs, oracle
 
 from export import cuda_kernel
 from export.errors import UserError
+from export.kernel_api import Params
 from export.validate import error_stats
 
 MISSING = cuda_kernel.available()
@@ -43,8 +44,8 @@ def lib() -> ctypes.CDLL:
         pytest.skip(f"libfourierformer_cuda.so is not available: {exc}")
 
 
-def _params(dim=64, power=4, R=1.0, eps=EPS, causal=0, b=1, h=1, nq=4, nk=4) -> cuda_kernel.Params:
-    return cuda_kernel.Params(b, h, nq, nk, dim, R, power, eps, causal)
+def _params(dim=64, power=4, R=1.0, eps=EPS, causal=0, b=1, h=1, nq=4, nk=4) -> Params:
+    return Params(b, h, nq, nk, dim, R, power, eps, causal)
 
 
 def _forward(lib, p, dtype=0, pointer=None) -> str | None:

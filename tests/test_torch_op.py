@@ -1,0 +1,122 @@
+"""The PyTorch custom op on our kernels (export/torch_op.py) and fuse(model): CPU in CI, CUDA on a GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_not_vacuous, attention_inputs, oracle
+
+from export import cuda_kernel
+from export.torch_op import FusedFourierAttention, fourier_attention, fuse
+from export.validate import error_stats
+from fourierformer import configs
+from fourierformer.attention import FourierAttention
+from fourierformer.models import create_model, example_inputs
+
+EPS = 1e-6
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3}
+"""Normwise error bound vs the float64 oracle of the (rounded) inputs."""
+SHAPES = [(1, 1, 1, 1, 1), (2, 3, 5, 9, 3), (1, 2, 37, 53, 17), (1, 1, 70, 66, 33), (1, 2, 40, 33, 128)]
+GPU_MISSING = cuda_kernel.available()
+needs_gpu = pytest.mark.skipif(GPU_MISSING is not None, reason=GPU_MISSING or "")
+
+
+def _error(shape, R, power, causal, dtype, device) -> float:
+    """Normwise error of the op vs the float64 oracle, after checking the rows are not dominated by eps."""
+    inputs = attention_inputs(*shape, R=R, seed=sum(shape) + power, spread=1.5 / np.sqrt(power))
+    rounded = {k: torch.from_numpy(v).to(dtype) for k, v in inputs.items()}
+    reference, min_row_sum = oracle({k: v.float().numpy() for k, v in rounded.items()}, R, power, EPS, causal)
+    assert_not_vacuous(min_row_sum, EPS)
+    q, k, v = (t.to(device) for t in rounded.values())
+    out = torch.ops.fourierformer.fourier_attention(q, k, v, R, power, EPS, bool(causal))
+    assert out.dtype == dtype and out.shape == q.shape and out.device == q.device
+    return error_stats("out", out.float().cpu().numpy(), reference).norm_rel
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+@pytest.mark.parametrize("causal", [0, 1])
+@pytest.mark.parametrize("R, power", [(0.1, 2), (1.0, 4), (10.0, 8)], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_cpu_parity_with_float64_oracle(shape, R, power, causal, dtype):
+    assert _error(shape, R, power, causal, dtype, "cpu") <= TOLERANCE[dtype]
+
+
+def test_opcheck_schema_fake_and_dispatch():
+    """torch.library.opcheck: schema, fake (meta) implementation and dispatch agree with the real kernel."""
+    x = {k: torch.from_numpy(v) for k, v in attention_inputs(2, 2, 9, 13, 24, R=1.0).items()}
+    for causal in (False, True):
+        torch.library.opcheck(fourier_attention, (x["q"], x["k"], x["v"], 1.0, 4, EPS, causal))
+
+
+def test_strided_and_non_contiguous_inputs_on_cpu():
+    x = {k: torch.from_numpy(v) for k, v in attention_inputs(2, 3, 20, 30, 16, R=1.0).items()}
+    expected = fourier_attention(x["q"], x["k"], x["v"], 1.0, 4, EPS, False)
+    strided = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in x.values()]
+    assert not strided[0].is_contiguous()
+    torch.testing.assert_close(fourier_attention(*strided, 1.0, 4, EPS, False), expected, rtol=0, atol=0)
+
+
+def test_no_keys_gives_zeros_and_empty_queries_give_empty():
+    q = torch.randn(2, 3, 5, 16)
+    empty = torch.zeros(2, 3, 0, 16)
+    out = fourier_attention(q, empty, empty, 1.0, 4, EPS, False)
+    assert out.shape == q.shape and not out.any()
+    assert fourier_attention(empty, q, q, 1.0, 4, EPS, False).shape == empty.shape
+
+
+@pytest.mark.parametrize("args, error, message", [
+    ({"power": 3}, ValueError, "power must be an even integer"),
+    ({"R": -1.0}, ValueError, "R must be finite and > 0"),
+    ({"q": torch.zeros(1, 2, 4, 8, dtype=torch.bfloat16)}, ValueError, "one dtype among"),
+    ({"k": torch.zeros(1, 2, 4, 9)}, ValueError, "disagree"),
+    ({"q": torch.zeros(2, 4, 8)}, ValueError, "rank-4"),
+], ids=["power3", "negative-R", "bfloat16-on-cpu", "dim-mismatch", "rank3"])
+def test_bad_input_is_a_clear_error(args, error, message):
+    call = {"q": torch.zeros(1, 2, 4, 8), "k": torch.zeros(1, 2, 6, 8), "v": torch.zeros(1, 2, 6, 8),
+            "R": 1.0, "power": 4, "eps": EPS, "causal": False}
+    call.update(args)
+    if "k" in args:
+        call["v"] = args["k"]
+    with pytest.raises(error, match=message):
+        fourier_attention(**call)
+
+
+@pytest.mark.parametrize("name", ["tiny-lm", "tiny-vit"])
+def test_fuse_replaces_every_fourier_attention_and_keeps_the_logits(name):
+    config = configs.get_config(name)
+    model = create_model(config).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, FourierAttention):
+                module.R.fill_(0.7)  # a trained-looking R, frozen by fuse
+    inputs = example_inputs(config, 2, None, 0)
+    with torch.no_grad():
+        expected = model(**inputs)
+        fused = fuse(model)
+        assert not any(isinstance(m, FourierAttention) for m in fused.modules())
+        kernels = [m for m in fused.modules() if isinstance(m, FusedFourierAttention)]
+        assert len(kernels) == 2 and all(m.R == pytest.approx(0.7) for m in kernels)
+        got = fused(**inputs)
+    assert error_stats("logits", got.numpy(), expected.double().numpy()).norm_rel <= 1e-5
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+@pytest.mark.parametrize("causal", [0, 1])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_cuda_parity_with_float64_oracle(shape, causal, dtype):
+    assert _error(shape, 1.0, 4, causal, dtype, "cuda") <= TOLERANCE[dtype]
+
+
+@needs_gpu
+def test_cuda_graph_capture_and_replay():
+    """The op captures into a CUDA graph (no host synchronization) and replays to the eager result."""
+    x = [torch.from_numpy(v).cuda() for v in attention_inputs(2, 4, 100, 100, 64, R=1.0).values()]
+    expected = fourier_attention(*x, 1.0, 4, EPS, True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fourier_attention(*x, 1.0, 4, EPS, True)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, expected)
