@@ -54,7 +54,8 @@ def library() -> ctypes.CDLL:
     return lib
 
 
-def _strides(t: torch.Tensor) -> Strides:
+def strides(t: torch.Tensor) -> Strides:
+    """The C stride block of a [B,H,N,D] tensor (ValueError unless its last dimension is contiguous)."""
     if t.stride(-1) != 1 and t.shape[-1] > 1:
         raise ValueError("FourierAttention (CUDA): the last dimension of q, k, v must be contiguous")
     return Strides(*t.stride()[:3])
@@ -74,12 +75,12 @@ def fourier_attention_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, R:
     check_qkv(q, k, v, "CUDA")
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     p = params(q, k, R, power, eps, causal)
-    strides = [ctypes.byref(_strides(t)) for t in (q, k, v, out)]
+    blocks = [ctypes.byref(strides(t)) for t in (q, k, v, out)]
     lib = library()
     with torch.cuda.device(q.device):  # the launch goes to the current device
         workspace = torch.empty(lib.ff_cuda_workspace_size(ctypes.byref(p)), dtype=torch.uint8, device=q.device)
-        error = lib.ff_cuda_forward(ctypes.byref(p), DTYPES[q.dtype], q.data_ptr(), strides[0], k.data_ptr(),
-                                    strides[1], v.data_ptr(), strides[2], out.data_ptr(), strides[3],
+        error = lib.ff_cuda_forward(ctypes.byref(p), DTYPES[q.dtype], q.data_ptr(), blocks[0], k.data_ptr(),
+                                    blocks[1], v.data_ptr(), blocks[2], out.data_ptr(), blocks[3],
                                     workspace.data_ptr(), workspace.numel(),
                                     torch.cuda.current_stream(q.device).cuda_stream)
     if error is not None:

@@ -23,6 +23,7 @@ SOURCE_DIR = REPO_ROOT / "plugins"
 ORT_LIBRARY_NAME = "libfourierformer_ort.so"
 CPU_LIBRARY_NAME = "libfourierformer_cpu.so"
 CUDA_LIBRARY_NAME = "libfourierformer_cuda.so"
+CUDA_EMULATOR_NAME = "libfourierformer_cuda_emulated.so"
 TRT_PLUGIN_NAME = "libfourierformer_trt.so"
 HARNESS_NAME = "fourier_attention_plugin_harness"
 NO_CUDA = "no CUDA compiler was found when the plugins were built (install the CUDA toolkit or set CUDACXX, then " \
@@ -97,6 +98,11 @@ def cpu_library() -> Path:
 def cuda_library() -> Path:
     """The CUDA kernel's shared library (plain C launcher API, for ctypes)."""
     return _built(CUDA_LIBRARY_NAME, NO_CUDA)
+
+
+def cuda_emulator_library() -> Path:
+    """The CUDA kernel compiled for the CPU with CUDA's built-ins emulated (plugins/cuda/emulator), for tests."""
+    return _built(CUDA_EMULATOR_NAME, NO_CUDA)
 
 
 def trt_plugin_library() -> Path:

@@ -1,7 +1,9 @@
-"""The CUDA kernel (plugins/cuda): library checks that run anywhere, parity with the float64 oracle on a GPU.
+"""The CUDA kernel (plugins/cuda): library checks that run anywhere; parity with the float64 oracle on its CPU
+emulation (plugins/cuda/emulator: the same kernel source, every thread and barrier emulated) and on a GPU.
 
-Without a GPU the parity tests skip with the reason; the library is still built (for every target
-architecture) and its C API is checked where that needs no device (exports, workspace query, validation).
+Without a GPU the GPU cases skip with the reason; the library is still built (for every target architecture),
+its C API is checked where that needs no device (exports, workspace query, validation), and the emulator runs
+every parity case, also checking that the result does not depend on the order of the threads (races).
 ``$FOURIERFORMER_CUDA_LIBRARY`` selects a prebuilt library (scripts/gpu_checks.sh sets it).
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import re
 import subprocess
@@ -18,9 +21,9 @@ import pytest
 import torch
 from conftest import assert_not_vacuous, attention_inputs, oracle
 
-from export import cuda_kernel
+from export import cuda_kernel, plugin_library
 from export.errors import UserError
-from export.kernel_api import Params
+from export.kernel_api import DTYPES, Params, params
 from export.validate import error_stats
 
 MISSING = cuda_kernel.available()
@@ -117,56 +120,101 @@ def test_wrapper_rejects_host_tensors():
         cuda_kernel.fourier_attention_cuda(q, q, q, 1.0)
 
 
-# ---- parity on a GPU -----------------------------------------------------------------------------
+# ---- parity: on the CPU emulation of the kernel (always), on a GPU (when there is one) ----------------
 
-def _run(shape, R, power, causal, dtype, shift=0.0, layout="contiguous"):
+@functools.cache
+def _emulator() -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(plugin_library.cuda_emulator_library()))
+    lib.ff_cuda_emulated_forward.restype = ctypes.c_char_p
+    return lib
+
+
+def emulated(q, k, v, R, power, eps, causal, order=0, seed=0) -> torch.Tensor:
+    """The kernel run on the CPU by plugins/cuda/emulator (threads in ``order``: 0 forward, 1 reverse, 2 shuffled)."""
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    p = params(q, k, R, power, eps, causal)
+    args = [a for t in (q, k, v, out) for a in (ctypes.c_void_p(t.data_ptr()), ctypes.byref(cuda_kernel.strides(t)))]
+    err = _emulator().ff_cuda_emulated_forward(ctypes.byref(p), DTYPES[q.dtype], *args, order, seed)
+    if err is not None:
+        raise RuntimeError(err.decode())
+    return out
+
+
+def _kernel(where: str):
+    """The kernel on the GPU or on its CPU emulation (skips, naming what is missing)."""
+    if where == "gpu":
+        if MISSING:
+            pytest.skip(MISSING)
+        return lambda q, k, v, *attrs: cuda_kernel.fourier_attention_cuda(q.cuda(), k.cuda(), v.cuda(), *attrs)
+    try:
+        _emulator()
+    except UserError as exc:
+        pytest.skip(f"the CUDA emulator library is not available: {exc}")
+    return emulated
+
+
+@pytest.fixture(params=["emulator", "gpu"])
+def kernel(request):
+    return _kernel(request.param)
+
+
+def _run(kernel, shape, R, power, causal, dtype, shift=0.0, layout="contiguous"):
     """Normwise error of the kernel vs the float64 oracle of the inputs rounded to ``dtype``."""
     inputs = attention_inputs(*shape, R=R, seed=sum(shape) + power, spread=1.5 / np.sqrt(power), shift=shift)
     rounded = {k: torch.from_numpy(v).to(dtype) for k, v in inputs.items()}
     reference, min_row_sum = oracle({k: v.float().numpy() for k, v in rounded.items()}, R, power, EPS, causal)
     assert_not_vacuous(min_row_sum, EPS)
-    q, k, v = (t.cuda() for t in rounded.values())
+    q, k, v = rounded.values()
     if layout == "bnhd":  # [B,N,H,D] storage viewed as [B,H,N,D]: non-contiguous, last dim contiguous
         q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     elif layout == "padded":  # rows of a wider buffer: row stride > D
         q, k, v = (torch.nn.functional.pad(t, (0, 5))[..., :t.shape[-1]] for t in (q, k, v))
     if layout != "contiguous":
         assert not q.is_contiguous() or q.shape[1] == 1 or q.shape[-1] == 1
-    out = cuda_kernel.fourier_attention_cuda(q, k, v, R, power, EPS, bool(causal))
+    out = kernel(q, k, v, R, power, EPS, bool(causal))
     assert out.dtype == dtype and out.shape == q.shape
     return error_stats("out", out.float().cpu().numpy(), reference).norm_rel
 
 
-@needs_gpu
 @pytest.mark.parametrize("causal", [0, 1])
 @pytest.mark.parametrize("R, power", R_POWER, ids=lambda x: str(x))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_float32_parity_with_float64_oracle(shape, R, power, causal):
-    assert _run(shape, R, power, causal, torch.float32) <= TOLERANCE[torch.float32]
+def test_float32_parity_with_float64_oracle(kernel, shape, R, power, causal):
+    assert _run(kernel, shape, R, power, causal, torch.float32) <= TOLERANCE[torch.float32]
 
 
-@needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("causal", [0, 1])
 @pytest.mark.parametrize("R, power", [(0.1, 2), (1.0, 4), (10.0, 8)], ids=lambda x: str(x))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_half_precision_parity_with_float64_oracle(shape, R, power, causal, dtype):
-    assert _run(shape, R, power, causal, dtype) <= TOLERANCE[dtype]
+def test_half_precision_parity_with_float64_oracle(kernel, shape, R, power, causal, dtype):
+    assert _run(kernel, shape, R, power, causal, dtype) <= TOLERANCE[dtype]
 
 
-@needs_gpu
-@pytest.mark.parametrize("R", [0.1, 1.0, 10.0])
-def test_large_offset_cancellation(R):
-    """q and k share an offset of 5: R*q is large while R*(q-k) is not (angle-difference worst case)."""
-    assert _run((2, 2, 40, 50, 24), R, 4, 0, torch.float32, shift=5.0) <= TOLERANCE[torch.float32]
+@pytest.mark.parametrize("R", [0.1, 1.0, 10.0, 1e-30, 1e30])
+def test_large_offset_cancellation_and_extreme_R(kernel, R):
+    """q and k share an offset of 5: R*q is large while R*(q-k) is not (angle-difference worst case); at
+    R = 1e-30 and 1e30 R cannot be folded into the inputs by a power of two (the no-fold kernel instances)."""
+    assert _run(kernel, (2, 2, 40, 50, 24), R, 4, 0, torch.float32, shift=5.0 if R <= 10 else 5.0 / R) <= 1e-5
 
 
-@needs_gpu
 @pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
 @pytest.mark.parametrize("layout", ["bnhd", "padded"])
 @pytest.mark.parametrize("causal", [0, 1])
-def test_strided_inputs(layout, causal, dtype):
-    assert _run((2, 3, 70, 45, 40), 1.0, 4, causal, dtype, layout=layout) <= TOLERANCE[dtype]
+def test_strided_inputs(kernel, layout, causal, dtype):
+    assert _run(kernel, (2, 3, 70, 45, 40), 1.0, 4, causal, dtype, layout=layout) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:], ids=lambda s: "x".join(map(str, s)))
+def test_emulated_threads_in_any_order_give_the_same_bits(shape):
+    """Between barriers the emulator runs the threads forward, reversed or shuffled: a missing __syncthreads (a
+    thread reading shared memory another writes in the same phase) would change the result."""
+    run = _kernel("emulator")
+    x = [torch.from_numpy(t) for t in attention_inputs(*shape, R=1.0, seed=3).values()]
+    for causal in (False, True):
+        expected = run(*x, 1.0, 4, EPS, causal, 0)
+        for order, seed in ((1, 0), (2, 1), (2, 2)):
+            assert torch.equal(run(*x, 1.0, 4, EPS, causal, order, seed), expected), (causal, order, seed)
 
 
 @needs_gpu
