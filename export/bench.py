@@ -2,20 +2,24 @@
 
 Honest timing: random non-zero inputs scaled so the weights neither vanish nor saturate, several input
 sets rotated between runs (together larger than the last-level cache), warm-up, the median of repeated
-runs, peak memory per implementation, and an implementation is skipped (with the reason) rather than
-run where it cannot fit in memory.
+runs (CUDA events on a GPU), peak memory per implementation (resident memory on the CPU, the caching
+allocator's peak on a GPU), and an implementation is skipped (with the reason) rather than run where it
+cannot fit in memory. Devices: ``cpu`` (eager, our ONNX Runtime op, our PyTorch op, softmax SDPA) and
+``cuda`` (eager and SDPA in float32 and float16, our CUDA kernel through the PyTorch op in both).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import platform
 import re
 import statistics
+import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +27,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export import plugin_library
+from export import cuda_kernel, plugin_library
+from export.errors import UserError
 from export.op_model import attention_inputs, ort_op_model
 from export.runtime import ort_session
 from export.validate import error_stats
@@ -31,10 +36,11 @@ from fourierformer.attention import fourier_attention_oracle, fourier_attention_
 
 log = logging.getLogger(__name__)
 
-MAX_ERROR_VS_FP64 = 1e-4
+MAX_ERROR_VS_FP64 = {torch.float32: 1e-4, torch.float16: 5e-3}
 """Normwise relative error against the float64 oracle an implementation must meet before it is timed."""
-ROTATING_BYTES = 64 << 20
-"""Input sets rotate until together they exceed this (larger than the last-level cache)."""
+ROTATING_BYTES = {"cpu": 64 << 20, "cuda": 256 << 20}
+"""Input sets rotate until together they exceed this (larger than the last-level cache: 50 MB on an H100)."""
+DEVICES = ("cpu", "cuda")
 ORACLE_ROWS = 8
 """Correctness is checked on this many query rows against the float64 oracle (full rows, every key)."""
 
@@ -60,17 +66,22 @@ class Shape:
         return 3 * self.batch * self.heads * self.n * self.dim * 4
 
 
-Feeds = dict[str, np.ndarray]
+Feeds = dict[str, torch.Tensor]
+"""q, k, v on the benchmark's device, in the implementation's dtype."""
+Runner = Callable[[Feeds], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class Implementation:
-    """A way to compute the op: a factory for a runner, and its memory need (bytes) at a shape."""
+    """A way to compute the op: a factory for a runner, its memory need (bytes) at a shape, its input dtype."""
 
     name: str
-    make: Callable[[Shape], Callable[[Feeds], np.ndarray]]
+    make: Callable[[Shape], Runner]
     memory_bytes: Callable[[Shape], int]
     is_fourier: bool = True
+    dtype: torch.dtype = torch.float32
+    ours: bool = False
+    """One of our kernels: compared with the roofline of our kernel's op count."""
 
 
 @dataclass
@@ -89,50 +100,75 @@ class Result:
         return self.shape.pair_dims / self.seconds if self.seconds else None
 
 
-def _eager(shape: Shape) -> Callable[[Feeds], np.ndarray]:
-    def run(feeds: Feeds) -> np.ndarray:
+def _eager(shape: Shape) -> Runner:
+    def run(feeds: Feeds) -> torch.Tensor:
         with torch.no_grad():
-            t = {k: torch.from_numpy(v) for k, v in feeds.items()}
-            return fourier_attention_reference(t["q"], t["k"], t["v"], 1.0, causal=shape.causal).numpy()
+            return fourier_attention_reference(feeds["q"], feeds["k"], feeds["v"], 1.0, causal=shape.causal)
     return run
 
 
-def _onnxruntime(shape: Shape) -> Callable[[Feeds], np.ndarray]:
+def _onnxruntime(shape: Shape) -> Runner:
     session = ort_session(ort_op_model({"causal": int(shape.causal)}).SerializeToString(), plugin_library.ort_library())
-    return lambda feeds: session.run(None, feeds)[0]
+    return lambda feeds: torch.from_numpy(session.run(None, {k: v.numpy() for k, v in feeds.items()})[0])
 
 
-def _sdpa(shape: Shape) -> Callable[[Feeds], np.ndarray]:
-    def run(feeds: Feeds) -> np.ndarray:
+def _torch_op(shape: Shape) -> Runner:
+    from export.torch_op import fourier_attention
+
+    return lambda feeds: fourier_attention(feeds["q"], feeds["k"], feeds["v"], 1.0, 4, 1e-6, shape.causal)
+
+
+def _sdpa(shape: Shape) -> Runner:
+    def run(feeds: Feeds) -> torch.Tensor:
         with torch.no_grad():
-            t = [torch.from_numpy(feeds[k]) for k in "qkv"]
-            return torch.nn.functional.scaled_dot_product_attention(*t, is_causal=shape.causal).numpy()
+            return torch.nn.functional.scaled_dot_product_attention(feeds["q"], feeds["k"], feeds["v"],
+                                                                    is_causal=shape.causal)
     return run
 
 
-def _tensor_bytes(shape: Shape, per_pair: int) -> int:
-    return shape.batch * shape.heads * shape.n * shape.n * per_pair * 4
+def _tensor_bytes(shape: Shape, per_pair: int, itemsize: int = 4) -> int:
+    return shape.batch * shape.heads * shape.n * shape.n * per_pair * itemsize
 
 
-IMPLEMENTATIONS = (
-    # the eager model keeps about four [B,H,N,N,D] float32 tensors alive at its peak
-    Implementation("eager-fp32", _eager, lambda s: 4 * _tensor_bytes(s, s.dim)),
-    Implementation("onnxruntime-op", _onnxruntime, lambda s: 4 * s.input_bytes),
-    Implementation("sdpa-fp32 (softmax)", _sdpa, lambda s: 3 * _tensor_bytes(s, 1), is_fourier=False),
-)
-"""CPU implementations; sdpa is PyTorch's softmax attention at the same shape, what Fourier attention replaces."""
-OUR_KERNELS = {"onnxruntime-op"}
-"""Implementations whose throughput is compared with the roofline of our kernel's op count."""
+IMPLEMENTATIONS = {
+    "cpu": (
+        # the eager model keeps about four [B,H,N,N,D] float32 tensors alive at its peak
+        Implementation("eager-fp32", _eager, lambda s: 4 * _tensor_bytes(s, s.dim)),
+        Implementation("onnxruntime-op", _onnxruntime, lambda s: 4 * s.input_bytes, ours=True),
+        Implementation("torch-op", _torch_op, lambda s: 4 * s.input_bytes, ours=True),
+        Implementation("sdpa-fp32 (softmax)", _sdpa, lambda s: 3 * _tensor_bytes(s, 1), is_fourier=False),
+    ),
+    "cuda": (
+        Implementation("eager-fp32", _eager, lambda s: 4 * _tensor_bytes(s, s.dim)),
+        Implementation("eager-fp16", _eager, lambda s: 4 * _tensor_bytes(s, s.dim, 2), dtype=torch.float16),
+        Implementation("cuda-op-fp32", _torch_op, lambda s: 2 * s.input_bytes, ours=True),
+        Implementation("cuda-op-fp16", _torch_op, lambda s: s.input_bytes, dtype=torch.float16, ours=True),
+        Implementation("sdpa-fp32 (softmax)", _sdpa, lambda s: 3 * _tensor_bytes(s, 1), is_fourier=False),
+        Implementation("sdpa-fp16 (softmax)", _sdpa, lambda s: 3 * _tensor_bytes(s, 1, 2), is_fourier=False,
+                       dtype=torch.float16),
+    ),
+}
+"""Per device; sdpa is PyTorch's softmax attention at the same shape, what Fourier attention replaces. The torch
+op runs our CPU kernel on the CPU and our CUDA kernel on a GPU (export/torch_op.py)."""
 
 
-def inputs(shape: Shape, seed: int) -> Feeds:
+def check_device(device: str) -> None:
+    """UserError naming what is missing unless the benchmark can run on ``device``."""
+    if device not in DEVICES:
+        raise UserError(f"unknown device {device!r}; choose from {list(DEVICES)}")
+    if device == "cuda" and (missing := cuda_kernel.available()) is not None:
+        raise UserError(f"bench --device cuda {missing}")
+
+
+def inputs(shape: Shape, seed: int, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Feeds:
     """Random non-zero q, k, v for ``shape`` (R = 1), scaled so row sums stay far above eps."""
-    return attention_inputs(shape.batch, shape.heads, shape.n, shape.n, shape.dim, R=1.0, seed=seed)
+    arrays = attention_inputs(shape.batch, shape.heads, shape.n, shape.n, shape.dim, R=1.0, seed=seed)
+    return {k: torch.from_numpy(v).to(device=device, dtype=dtype) for k, v in arrays.items()}
 
 
 def _reference(impl: Implementation, feeds: Feeds, causal: bool) -> np.ndarray:
     """Float64 truth for the last ORACLE_ROWS query rows (bottom-right alignment keeps their causal mask)."""
-    t = {k: torch.from_numpy(v).double() for k, v in feeds.items()}
+    t = {k: v.cpu().double() for k, v in feeds.items()}
     q = t["q"][..., -ORACLE_ROWS:, :]
     if impl.is_fourier:
         return fourier_attention_oracle(q, t["k"], t["v"], 1.0, causal=causal).numpy()
@@ -155,50 +191,81 @@ def _reset_peak_rss() -> int:
     return _peak_rss()
 
 
-def available_bytes() -> int:
-    """Memory the kernel reports as available for new allocations."""
+def available_bytes(device: str = "cpu") -> int:
+    """Memory available for new allocations on ``device``."""
+    if device == "cuda":
+        return torch.cuda.mem_get_info()[0]
     return int(re.search(r"MemAvailable:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1)) * 1024
 
 
-def bench_one(impl: Implementation, shape: Shape, repeats: int, warmup: int) -> Result:
+def _reset_peak(device: str) -> int:
+    """Start counting peak memory on ``device``; returns the baseline."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    return _reset_peak_rss()
+
+
+def _peak(device: str) -> int:
+    return torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss()
+
+
+def bench_one(impl: Implementation, shape: Shape, repeats: int, warmup: int, device: str = "cpu") -> Result:
     """Check ``impl`` against the float64 oracle, then time it over rotating input sets."""
     need = impl.memory_bytes(shape)
-    if need > available_bytes() // 2:
+    if need > available_bytes(device) // 2:
         return Result(impl.name, shape, skipped=f"needs ~{need / 2**30:.1f} GiB, more than half the free memory")
-    sets = [inputs(shape, seed) for seed in range(max(1, -(-ROTATING_BYTES // shape.input_bytes)))]
+    itemsize = torch.empty(0, dtype=impl.dtype).element_size()
+    count = max(1, -(-ROTATING_BYTES[device] // (shape.input_bytes * itemsize // 4)))
+    sets = [inputs(shape, seed, device, impl.dtype) for seed in range(count)]
     reference = _reference(impl, sets[0], shape.causal)
-    baseline = _reset_peak_rss()  # peak memory counts the implementation's own allocations only
+    baseline = _reset_peak(device)  # peak memory counts the implementation's own allocations only
     run = impl.make(shape)
     out = run(sets[0])
-    error = error_stats("out", out[..., -ORACLE_ROWS:, :], reference).norm_rel
-    if error > MAX_ERROR_VS_FP64:
+    error = error_stats("out", out[..., -ORACLE_ROWS:, :].float().cpu().numpy(), reference).norm_rel
+    if not error <= MAX_ERROR_VS_FP64[impl.dtype]:
         raise RuntimeError(f"{impl.name} is wrong at {shape}: normwise error {error:.2e} against float64")
-    seconds = _median_seconds(run, sets, repeats, warmup)
-    return Result(impl.name, shape, seconds, error, max(0, _peak_rss() - baseline))
+    seconds = _median_seconds(run, sets, repeats, warmup, device)
+    return Result(impl.name, shape, seconds, error, max(0, _peak(device) - baseline))
 
 
-def _median_seconds(run: Callable[[Feeds], object], sets: list[Feeds], repeats: int, warmup: int) -> float:
-    """Median wall time of ``run`` over ``repeats`` calls after ``warmup`` calls, rotating through ``sets``."""
+def _median_seconds(run: Callable[[Feeds], object], sets: list[Feeds], repeats: int, warmup: int,
+                    device: str = "cpu") -> float:
+    """Median time of ``run`` over ``repeats`` calls after ``warmup`` calls, rotating through ``sets``.
+
+    On a GPU each call is timed by CUDA events around it on the current stream (device time, launch included).
+    """
     for i in range(warmup):
         run(sets[i % len(sets)])
     times = []
     for i in range(repeats):
         feeds = sets[i % len(sets)]
-        start = time.perf_counter()
-        run(feeds)
-        times.append(time.perf_counter() - start)
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run(feeds)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            start = time.perf_counter()
+            run(feeds)
+            times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def bench(shapes: list[Shape], repeats: int = 5, warmup: int = 1,
-          implementations: tuple[Implementation, ...] = IMPLEMENTATIONS) -> list[Result]:
+def bench(shapes: list[Shape], repeats: int = 5, warmup: int = 1, device: str = "cpu",
+          implementations: tuple[Implementation, ...] | None = None) -> list[Result]:
     """Every implementation at every shape, with a progress line per measurement."""
+    check_device(device)
+    implementations = IMPLEMENTATIONS[device] if implementations is None else implementations
     results, total = [], len(shapes) * len(implementations)
     for shape in shapes:
         for impl in implementations:
-            result = bench_one(impl, shape, repeats, warmup)
+            result = bench_one(impl, shape, repeats, warmup, device)
             results.append(result)
-            done = f"{result.seconds * 1e3:.2f} ms" if result.seconds else f"skipped: {result.skipped}"
+            done = f"{result.seconds * 1e3:.3f} ms" if result.seconds else f"skipped: {result.skipped}"
             log.info("[%d/%d] %s B=%d H=%d N=%d D=%d causal=%d: %s", len(results), total, impl.name, shape.batch,
                      shape.heads, shape.n, shape.dim, shape.causal, done)
     return results
@@ -214,15 +281,42 @@ def cpu_roofline() -> dict[str, float]:
             "pair_dims_per_second": lanes * fp_ports * mhz * 1e6 * cores / ops_per_pair_dim}
 
 
-def machine() -> dict[str, str | int]:
+CUDA_INSTRUCTIONS_PER_PAIR_DIM = 15.7
+"""Thread instructions the CUDA kernel issues per pair-dim (D = 64, sm_90 SASS; plugins/cuda/ROOFLINE.md)."""
+
+
+def cuda_roofline() -> dict[str, float]:
+    """The CUDA kernel's issue roofline in pair-dims/s: SMs x 128 lanes x max SM clock / instructions per pair-dim.
+
+    Every instruction takes an issue slot (4 schedulers x 32 threads per SM per clock), FP32 or not; the
+    clock is the GPU's maximum SM clock from nvidia-smi (derivation: plugins/cuda/ROOFLINE.md).
+    """
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    query = subprocess.run(["nvidia-smi", "--query-gpu=clocks.max.sm", "--format=csv,noheader,nounits", "-i", "0"],
+                           capture_output=True, text=True)
+    clock_hz = float(query.stdout.strip()) * 1e6
+    return {"sms": sms, "clock_hz": clock_hz, "lanes_per_sm": 128,
+            "instructions_per_pair_dim": CUDA_INSTRUCTIONS_PER_PAIR_DIM,
+            "pair_dims_per_second": sms * 128 * clock_hz / CUDA_INSTRUCTIONS_PER_PAIR_DIM}
+
+
+def roofline(device: str) -> dict[str, float]:
+    """The roofline of our kernel on ``device`` (pair_dims_per_second and how it was derived)."""
+    return cuda_roofline() if device == "cuda" else cpu_roofline()
+
+
+def machine(device: str = "cpu") -> dict[str, str | int]:
     """The machine and versions that set the numbers."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return {"cpu": cpu, "cores": os.cpu_count() or 1, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "onnxruntime": ort.__version__}
+    info: dict[str, str | int] = {"cpu": cpu, "cores": os.cpu_count() or 1, "torch": torch.__version__,
+                                  "torch_threads": torch.get_num_threads(), "onnxruntime": ort.__version__}
+    if device == "cuda":
+        info.update(gpu=torch.cuda.get_device_name(0), cuda=str(torch.version.cuda))
+    return info
 
 
-def markdown(results: list[Result], roofline: float) -> str:
+def markdown(results: list[Result], roofline_rate: float, ours: set[str]) -> str:
     """Results table; 'vs eager' compares with eager float32 at the same shape, measured in the same run."""
     eager = {r.shape: r.seconds for r in results if r.implementation == "eager-fp32" and r.seconds}
     rows = ["| N | D | causal | implementation | median ms | pair-dims/s | % roofline | vs eager | peak MiB | err vs fp64 |",
@@ -233,14 +327,14 @@ def markdown(results: list[Result], roofline: float) -> str:
         if r.skipped:
             rows.append(f"{head} skipped: {r.skipped} | | | | | |")
             continue
-        share = f"{100 * r.pair_dims_per_second / roofline:.0f}%" if r.implementation in OUR_KERNELS else "n/a"
+        share = f"{100 * r.pair_dims_per_second / roofline_rate:.0f}%" if r.implementation in ours else "n/a"
         rows.append(f"{head} {r.seconds * 1e3:.2f} | {r.pair_dims_per_second:.2e} | {share} | "
                     f"{f'{eager[s] / r.seconds:.1f}x' if s in eager else 'eager skipped'} | "
                     f"{r.peak_bytes / 2**20:.0f} | {r.error_vs_fp64:.1e} |")
     return "\n".join(rows)
 
 
-def plot(results: list[Result], path: Path) -> None:
+def plot(results: list[Result], path: Path, device: str = "cpu") -> None:
     """Throughput (pair-dims/s) against N on log axes, one line per implementation, causal and dense."""
     import matplotlib
 
@@ -256,7 +350,7 @@ def plot(results: list[Result], path: Path) -> None:
                 ax.plot(*zip(*points), marker="o", linestyle="--" if causal else "-",
                         label=f"{name}{' causal' if causal else ''}")
     ax.set(xscale="log", yscale="log", xlabel="N (Nq = Nk)", ylabel="pair-dims / s",
-           title="FourierAttention throughput, CPU")
+           title=f"FourierAttention throughput, {device.upper()}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -264,16 +358,18 @@ def plot(results: list[Result], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(results: list[Result], out: Path) -> None:
+def write_report(results: list[Result], out: Path, device: str = "cpu") -> None:
     """bench.json (everything), bench.md (machine line and table) and bench.png (throughput plot) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    roofline = cpu_roofline()
-    data = {"machine": machine(), "roofline": roofline,
+    line = roofline(device)
+    info = machine(device)
+    data = {"device": device, "machine": info, "roofline": line,
             "results": [{**asdict(r), "pair_dims_per_second": r.pair_dims_per_second} for r in results]}
-    (out / "bench.json").write_text(json.dumps(data, indent=2) + "\n")
-    summary = ", ".join(f"{k} {v}" for k, v in machine().items())
-    (out / "bench.md").write_text(f"{summary}\n\n{markdown(results, roofline['pair_dims_per_second'])}\n")
-    plot(results, out / "bench.png")
+    (out / "bench.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    summary = ", ".join(f"{k} {v}" for k, v in info.items())
+    ours = {i.name for i in IMPLEMENTATIONS[device] if i.ours}
+    (out / "bench.md").write_text(f"{summary}\n\n{markdown(results, line['pair_dims_per_second'], ours)}\n")
+    plot(results, out / "bench.png", device)
 
 
 @dataclass(frozen=True)
@@ -286,51 +382,107 @@ class ModelCase:
 
 
 MODEL_CASES = (ModelCase("deit-tiny", 1), ModelCase("deit-tiny", 64), ModelCase("lm-small", 1, 256))
+MODEL_MAX_ERROR = {torch.float32: 1e-4, torch.float16: 5e-3}
+"""Normwise error of the logits against eager float32 a variant must meet before it is timed."""
 
 
 @dataclass
 class ModelResult:
-    """Eager float32 and ONNX Runtime (our op) latency of one model case, and their agreement."""
+    """Median seconds and logits error against eager float32 of each variant of one model case."""
 
     case: ModelCase
-    eager_seconds: float
-    onnxruntime_seconds: float
-    norm_error: float
+    device: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, float] = field(default_factory=dict)
 
 
-def bench_model(case: ModelCase, repeats: int = 3, warmup: int = 1) -> ModelResult:
-    """Time the eager model and the ONNX Runtime build of it (FourierAttention as our op) on the same inputs."""
-    from export.build import load_model, passes_for, retarget
+def _no_grad(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def run(**inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return fn(**inputs)
+    return run
+
+
+def _model_variants(model: torch.nn.Module, config, device: str,
+                    example: dict[str, torch.Tensor]) -> dict[str, tuple[Callable[..., torch.Tensor], torch.dtype]]:
+    """name -> (runner taking the model's named inputs, the dtype of its floating-point inputs)."""
+    from export.build import passes_for, retarget
     from export.onnx_export import export_onnx
+    from export.torch_op import fuse
+
+    fused = fuse(copy.deepcopy(model))
+    if device == "cpu":
+        proto = retarget(export_onnx(model, config), passes_for("onnxruntime", "plugin", "fp32"))
+        session = ort_session(proto.SerializeToString(), plugin_library.ort_library())
+
+        def onnxruntime(**inputs: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(None, {k: v.numpy() for k, v in inputs.items()})[0])
+        return {"onnxruntime (our op)": (onnxruntime, torch.float32), "torch + our op": (_no_grad(fused), torch.float32)}
+    half_example = {k: (v.half() if v.is_floating_point() else v) for k, v in example.items()}
+    return {"eager fp16": (_no_grad(copy.deepcopy(model).half()), torch.float16),
+            "our op fp16 + CUDA graph": (_graphed(fused.half(), half_example), torch.float16)}
+
+
+def _graphed(fn: Callable[..., torch.Tensor], example: dict[str, torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``fn`` captured once into a CUDA graph; calls copy their inputs into the graph's and replay it."""
+    static = {k: v.clone() for k, v in example.items()}
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad():
+        for _ in range(3):  # warm-up outside the graph (allocations, lazy initialization)
+            fn(**static)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        out = fn(**static)
+
+    def replay(**inputs: torch.Tensor) -> torch.Tensor:
+        for k, v in inputs.items():
+            static[k].copy_(v)
+        graph.replay()
+        return out
+    return replay
+
+
+def bench_model(case: ModelCase, repeats: int = 3, warmup: int = 1, device: str = "cpu") -> ModelResult:
+    """Time the eager float32 model and its variants (our kernels) on the same inputs, each checked first.
+
+    CPU: the ONNX Runtime build (FourierAttention as our op) and the PyTorch model with our op (fuse()).
+    CUDA: eager float16, and the fused model in float16 with our CUDA kernel, replayed from a CUDA graph.
+    """
+    from export.build import load_model
     from fourierformer.models import example_inputs
 
+    check_device(device)
     config, model = load_model(case.model, None, 0)
-    proto = retarget(export_onnx(model, config), passes_for("onnxruntime", "plugin", "fp32"))
-    session = ort_session(proto.SerializeToString(), plugin_library.ort_library())
-    tensors = [example_inputs(config, case.batch, case.seq, seed) for seed in range(2)]
-    sets = [{k: v.numpy() for k, v in t.items()} for t in tensors]
-
-    def eager(feeds: Feeds) -> np.ndarray:
-        with torch.no_grad():
-            return model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
-
-    def onnxruntime(feeds: Feeds) -> np.ndarray:
-        return session.run(None, feeds)[0]
-
-    error = error_stats("logits", onnxruntime(sets[0]), eager(sets[0])).norm_rel
-    if error > MAX_ERROR_VS_FP64:
-        raise RuntimeError(f"{case.model}: ONNX Runtime disagrees with eager (normwise error {error:.2e})")
-    eager_s = _median_seconds(eager, sets, repeats, warmup)
-    ort_s = _median_seconds(onnxruntime, sets, repeats, warmup)
-    log.info("%s batch %d: eager %.3f s, onnxruntime %.3f s", case.model, case.batch, eager_s, ort_s)
-    return ModelResult(case, eager_s, ort_s, error)
+    model = model.eval().to(device)
+    sets = [{k: v.to(device) for k, v in example_inputs(config, case.batch, case.seq, seed).items()}
+            for seed in range(2)]
+    eager = _no_grad(model)
+    variants = _model_variants(model, config, device, sets[0])
+    result = ModelResult(case, device)
+    expected = eager(**sets[0]).double().cpu().numpy()
+    result.seconds["eager fp32"] = _median_seconds(lambda feeds: eager(**feeds), sets, repeats, warmup, device)
+    for name, (run, dtype) in variants.items():
+        typed = [{k: (v.to(dtype) if v.is_floating_point() else v) for k, v in feeds.items()} for feeds in sets]
+        error = error_stats("logits", run(**typed[0]).double().cpu().numpy(), expected).norm_rel
+        if not error <= MODEL_MAX_ERROR[dtype]:
+            raise RuntimeError(f"{case.model}: {name} disagrees with eager float32 (normwise error {error:.2e})")
+        result.errors[name] = error
+        result.seconds[name] = _median_seconds(lambda feeds: run(**feeds), typed, repeats, warmup, device)
+        log.info("%s batch %d: eager fp32 %.4f s, %s %.4f s", case.model, case.batch, result.seconds["eager fp32"],
+                 name, result.seconds[name])
+    return result
 
 
 def models_markdown(results: list[ModelResult]) -> str:
-    """Model-level table: latency of each, speedup, and the normwise difference of the logits."""
-    rows = ["| model | batch | seq | eager fp32 ms | onnxruntime (our op) ms | speedup | logits error vs eager |",
-            "|---|---|---|---|---|---|---|"]
-    rows += [f"| {r.case.model} | {r.case.batch} | {r.case.seq or '-'} | {r.eager_seconds * 1e3:.1f} | "
-             f"{r.onnxruntime_seconds * 1e3:.1f} | {r.eager_seconds / r.onnxruntime_seconds:.1f}x | "
-             f"{r.norm_error:.1e} |" for r in results]
+    """Model-level table: latency of each variant, its speedup over eager float32, and its logits error."""
+    rows = ["| model | batch | seq | device | variant | median ms | speedup vs eager fp32 | logits error vs eager |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        base = r.seconds["eager fp32"]
+        for name, seconds in r.seconds.items():
+            error = f"{r.errors[name]:.1e}" if name in r.errors else "-"
+            rows.append(f"| {r.case.model} | {r.case.batch} | {r.case.seq or '-'} | {r.device} | {name} | "
+                        f"{seconds * 1e3:.2f} | {base / seconds:.1f}x | {error} |")
     return "\n".join(rows)

@@ -181,27 +181,34 @@ def _shape(text: str):
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Time the op's CPU implementations; print the table, write JSON, Markdown and a plot with --out."""
+    """Time the op's implementations on a device; print the table, write JSON, Markdown and a plot with --out."""
     from dataclasses import replace
 
-    from export.bench import (MODEL_CASES, bench, bench_model, cpu_roofline, machine, markdown, models_markdown,
-                              write_report)
+    from export.bench import (IMPLEMENTATIONS, MODEL_CASES, bench, bench_model, check_device, machine, markdown,
+                              models_markdown, roofline, write_report)
 
-    print(", ".join(f"{k} {v}" for k, v in machine().items()))
+    check_device(args.device)
+    print(", ".join(f"{k} {v}" for k, v in machine(args.device).items()))
     if args.models:
-        table = models_markdown([bench_model(case) for case in MODEL_CASES])
+        table = models_markdown([bench_model(case, device=args.device) for case in MODEL_CASES])
         print(table)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "bench-models.md").write_text(table + "\n")
         return EXIT_OK
-    shapes = [replace(shape, causal=causal) for shape in args.sizes for causal in sorted({False, args.causal})]
-    results = bench(shapes, args.repeats, args.warmup)
-    print(markdown(results, cpu_roofline()["pair_dims_per_second"]))
+    sizes = args.sizes or [_shape(f"{DEFAULT_BENCH_BATCH[args.device]},{n},64") for n in (256, 1024, 4096, 16384)]
+    shapes = [replace(shape, causal=causal) for shape in sizes for causal in sorted({False, args.causal})]
+    results = bench(shapes, args.repeats, args.warmup, args.device)
+    ours = {i.name for i in IMPLEMENTATIONS[args.device] if i.ours}
+    print(markdown(results, roofline(args.device)["pair_dims_per_second"], ours))
     if args.out:
-        write_report(results, args.out)
+        write_report(results, args.out, args.device)
         print(f"wrote {args.out}/bench.json, bench.md, bench.png")
     return EXIT_OK
+
+
+DEFAULT_BENCH_BATCH = {"cpu": "1,4", "cuda": "4,8"}
+"""B,H of the default bench sizes per device."""
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -280,17 +287,21 @@ def make_parser() -> argparse.ArgumentParser:
                    help=f"normwise relative error bound per output (defaults atol, rtol, norm by precision: {defaults})")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("bench", help="time the FourierAttention implementations on the CPU",
-                       description="Each implementation (eager PyTorch float32, our ONNX Runtime op, and PyTorch's "
-                                   "softmax scaled_dot_product_attention for comparison) is first checked against a "
-                                   "float64 oracle, then timed: median of --repeats runs after --warmup runs, over "
-                                   "rotating inputs; implementations that cannot fit in memory are skipped.")
+    p = sub.add_parser("bench", help="time the FourierAttention implementations (CPU or GPU)",
+                       description="Each implementation is first checked against a float64 oracle, then timed: "
+                                   "median of --repeats runs after --warmup runs, over rotating inputs (CUDA events "
+                                   "on a GPU); implementations that cannot fit in memory are skipped. cpu: eager "
+                                   "PyTorch float32, our ONNX Runtime op, our PyTorch op (the CPU kernel); cuda: "
+                                   "eager float32/float16 and our CUDA kernel in float32/float16. PyTorch's softmax "
+                                   "scaled_dot_product_attention is timed at the same shape as the cost reference.")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
     p.add_argument("--sizes", type=_shape, nargs="+", metavar="B,H,N,D",
-                   default=[_shape(f"1,4,{n},64") for n in (256, 1024, 4096, 16384)],
-                   help="problem sizes, Nq = Nk = N (default 1,4,N,64 for N in 256 1024 4096 16384)")
+                   help="problem sizes, Nq = Nk = N (default B,H,N,64 for N in 256 1024 4096 16384, with B,H = "
+                        "1,4 on the CPU and 4,8 on a GPU)")
     p.add_argument("--causal", action="store_true", help="also time the causal variant")
     p.add_argument("--models", action="store_true",
-                   help="model level instead: DeiT-tiny batch 1 and 64, lm-small context 256, eager vs our op")
+                   help="model level instead: DeiT-tiny batch 1 and 64, lm-small context 256; eager float32 vs "
+                        "our op (cpu: ONNX Runtime and PyTorch; cuda: float16 with a CUDA graph)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per implementation (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--out", type=Path, help="also write DIR/bench.json, bench.md and bench.png")

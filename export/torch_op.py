@@ -54,7 +54,7 @@ def fuse(model: nn.Module) -> nn.Module:
     """Replace every FourierAttention in ``model`` (in place) by its fused inference form; returns ``model``."""
     for name, child in model.named_children():
         if isinstance(child, FourierAttention):
-            setattr(model, name, FusedFourierAttention(float(child.R), child.power, child.eps, child.causal))
+            setattr(model, name, FusedFourierAttention(child.R.item(), child.power, child.eps, child.causal))
         else:
             fuse(child)
     return model

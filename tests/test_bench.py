@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
+import torch
 
 from export import bench
 from export.cli import EXIT_OK, main
@@ -14,17 +14,17 @@ from export.cli import EXIT_OK, main
 def test_bench_reports_every_implementation(ort_library, tmp_path):
     assert main(["bench", "--sizes", "1,2,33,17", "--causal", "--repeats", "2", "--out", str(tmp_path)]) == EXIT_OK
     table = (tmp_path / "bench.md").read_text()
-    for impl in bench.IMPLEMENTATIONS:
+    for impl in bench.IMPLEMENTATIONS["cpu"]:
         assert table.count(f"| {impl.name} |") == 2
     assert "cores" in table.splitlines()[0]
     data = json.loads((tmp_path / "bench.json").read_text())
-    assert data["roofline"]["pair_dims_per_second"] > 0 and len(data["results"]) == 2 * len(bench.IMPLEMENTATIONS)
-    assert all(r["seconds"] > 0 and r["error_vs_fp64"] <= bench.MAX_ERROR_VS_FP64 for r in data["results"])
+    assert data["roofline"]["pair_dims_per_second"] > 0 and len(data["results"]) == 2 * len(bench.IMPLEMENTATIONS["cpu"])
+    assert all(r["seconds"] > 0 and r["error_vs_fp64"] <= 1e-4 for r in data["results"])
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_refuses_to_time_a_wrong_implementation():
-    wrong = bench.Implementation("wrong", lambda shape: lambda feeds: np.zeros_like(feeds["q"]), lambda s: 0)
+    wrong = bench.Implementation("wrong", lambda shape: lambda feeds: torch.zeros_like(feeds["q"]), lambda s: 0)
     with pytest.raises(RuntimeError, match="wrong is wrong"):
         bench.bench_one(wrong, bench.Shape(1, 1, 16, 4), repeats=1, warmup=0)
 
@@ -48,8 +48,16 @@ def test_bench_rejects_bad_sizes(text, capsys):
     assert "B,H,N,D" in err or "sizes must be >= 1" in err
 
 
-def test_model_level_bench_checks_and_times_both(ort_library):
+def test_model_level_bench_checks_and_times_every_variant(ort_library):
     result = bench.bench_model(bench.ModelCase("tiny-vit", 2), repeats=1, warmup=0)
-    assert result.eager_seconds > 0 and result.onnxruntime_seconds > 0
-    assert result.norm_error <= bench.MAX_ERROR_VS_FP64
-    assert "| tiny-vit | 2 | - |" in bench.models_markdown([result])
+    assert set(result.seconds) == {"eager fp32", "onnxruntime (our op)", "torch + our op"}
+    assert all(s > 0 for s in result.seconds.values())
+    assert set(result.errors) == {"onnxruntime (our op)", "torch + our op"}
+    assert all(e <= bench.MODEL_MAX_ERROR[torch.float32] for e in result.errors.values())
+    assert "| tiny-vit | 2 | - | cpu | torch + our op |" in bench.models_markdown([result])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the CUDA bench would run")
+def test_cuda_bench_without_a_gpu_names_what_is_missing(capsys):
+    assert main(["bench", "--device", "cuda"]) == 2
+    assert "bench --device cuda needs an NVIDIA GPU" in capsys.readouterr().err
