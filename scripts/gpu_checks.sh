@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# GPU checks of the CUDA kernel, for a machine with an NVIDIA GPU (e.g. a lent H100): run from the repository
-# root of a copy of the working tree. Needs python3 with torch (CUDA build), numpy, onnx, onnxruntime, pytest,
-# cmake and nvcc; no network, no .venv, no TensorRT needed. Builds only the CUDA kernel (own build dir, no ONNX
-# Runtime headers), runs tests/test_cuda_kernel.py, and writes every log to $OUT (if set) or ./gpu_checks_logs.
+# GPU checks and benchmarks of the CUDA kernel, for a machine with an NVIDIA GPU (e.g. a lent H100): run from the
+# repository root of a copy of the working tree. Needs python3 with torch (CUDA build), numpy, onnx, onnxruntime,
+# pytest, cmake and nvcc; no network, no TensorRT needed. Builds only the CUDA kernel (own build dir, no ONNX
+# Runtime headers), runs tests/test_cuda_kernel.py and the GPU tests of tests/test_torch_op.py, then
+# `python -m export bench --device cuda` (op level, then model level), and writes every log and report to $OUT
+# (if set) or ./gpu_checks_logs. Parity runs before timing; the benchmark also checks every result it times.
 #   FF_CUDA_ARCHITECTURES (default 90), PYTHON (default python3), BUILD_DIR (default /tmp/ff-gpu-checks-build)
 # Every step runs even if an earlier one failed; the exit status is non-zero if any step failed.
 set -u
@@ -86,10 +88,24 @@ harness_enqueue() {
       --field causal:INT32=1 --field power:INT32=8 --field R:FLOAT32=0.5
 }
 
-run_tests() {
+# python with the prebuilt kernel library and any pure-Python packages taken from the carried .venv
+py() {
   FOURIERFORMER_CUDA_LIBRARY="$BUILD_DIR/libfourierformer_cuda.so" \
-    PYTHONPATH="$PWD${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}${PYTHONPATH:+:$PYTHONPATH}" \
-    "$PYTHON" -m pytest -v -rs -p no:cacheprovider tests/test_cuda_kernel.py --junitxml="$LOGS/test_cuda_kernel.xml"
+    PYTHONPATH="$PWD${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" "$@"
+}
+
+run_tests() {  # the emulator cases need their own library: only the GPU cases run here
+  py -m pytest -v -rs -p no:cacheprovider tests/test_cuda_kernel.py tests/test_torch_op.py -k "(gpu or cuda) and not emulat" \
+    --junitxml="$LOGS/test_cuda_kernel.xml"
+}
+
+bench_ops() {  # the target shape B=4,H=8,N=1024,D=64, an N sweep and a D sweep, causal and not
+  py -m export bench --device cuda --causal --repeats 20 --warmup 3 --out "$LOGS/bench-cuda" --sizes \
+    4,8,256,64 4,8,1024,64 4,8,4096,64 4,8,16384,64 4,8,1024,16 4,8,1024,32 4,8,1024,128
+}
+
+bench_models() {
+  py -m export bench --device cuda --models --repeats 10 --warmup 2 --out "$LOGS/bench-cuda-models"
 }
 
 step gpu_info gpu_info
@@ -103,5 +119,9 @@ else
   say "--- test_cuda_kernel: SKIPPED (the library was not built)"; FAILED=1
 fi
 step harness_enqueue harness_enqueue
+if [ -f "$BUILD_DIR/libfourierformer_cuda.so" ]; then
+  step bench_ops bench_ops
+  step bench_models bench_models
+fi
 say "=== gpu_checks: $([ "$FAILED" -eq 0 ] && echo ALL OK || echo SOME STEP FAILED); logs in $LOGS"
 exit "$FAILED"
