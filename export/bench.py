@@ -31,13 +31,16 @@ from export import cuda_kernel, plugin_library
 from export.errors import UserError
 from export.op_model import attention_inputs, ort_op_model
 from export.runtime import ort_session
-from export.validate import error_stats
+from export.validate import TOLERANCES, error_stats
+from fourierformer import opspec
+from fourierformer.configs import ModelConfig
 from fourierformer.attention import fourier_attention_oracle, fourier_attention_reference
 
 log = logging.getLogger(__name__)
 
-MAX_ERROR_VS_FP64 = {torch.float32: 1e-4, torch.float16: 5e-3}
-"""Normwise relative error against the float64 oracle an implementation must meet before it is timed."""
+MAX_NORM_ERROR = {torch.float32: TOLERANCES["fp32"][2], torch.float16: TOLERANCES["fp16"][2]}
+"""Normwise relative error an implementation must meet before it is timed (against the float64 oracle) and a model
+variant (against eager float32): the validate command's bounds for the precision."""
 ROTATING_BYTES = {"cpu": 64 << 20, "cuda": 256 << 20}
 """Input sets rotate until together they exceed this (larger than the last-level cache: 50 MB on an H100)."""
 BASELINE_FP16_MAX_ERROR = 5e-2
@@ -86,7 +89,7 @@ class Implementation:
     ours: bool = False
     """One of our kernels: compared with the roofline of our kernel's op count."""
     max_error: float | None = None
-    """Bound of the correctness check; None: MAX_ERROR_VS_FP64 of the dtype."""
+    """Bound of the correctness check; None: MAX_NORM_ERROR of the dtype."""
 
 
 @dataclass
@@ -112,15 +115,21 @@ def _eager(shape: Shape) -> Runner:
     return run
 
 
+def _ort_run(session: ort.InferenceSession, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The session's first output for CPU tensors (zero-copy both ways)."""
+    return torch.from_numpy(session.run(None, {k: v.numpy() for k, v in feeds.items()})[0])
+
+
 def _onnxruntime(shape: Shape) -> Runner:
     session = ort_session(ort_op_model({"causal": int(shape.causal)}).SerializeToString(), plugin_library.ort_library())
-    return lambda feeds: torch.from_numpy(session.run(None, {k: v.numpy() for k, v in feeds.items()})[0])
+    return lambda feeds: _ort_run(session, feeds)
 
 
 def _torch_op(shape: Shape) -> Runner:
     from export.torch_op import fourier_attention
 
-    return lambda feeds: fourier_attention(feeds["q"], feeds["k"], feeds["v"], 1.0, 4, 1e-6, shape.causal)
+    attrs = (opspec.POWER.default, opspec.EPS.default, shape.causal)  # as the eager reference; R = 1 as the inputs
+    return lambda feeds: fourier_attention(feeds["q"], feeds["k"], feeds["v"], 1.0, *attrs)
 
 
 def _sdpa(shape: Shape) -> Runner:
@@ -222,15 +231,14 @@ def bench_one(impl: Implementation, shape: Shape, repeats: int, warmup: int, dev
     need = impl.memory_bytes(shape)
     if need > available_bytes(device) // 2:
         return Result(impl.name, shape, skipped=f"needs ~{need / 2**30:.1f} GiB, more than half the free memory")
-    itemsize = torch.empty(0, dtype=impl.dtype).element_size()
-    count = max(1, -(-ROTATING_BYTES[device] // (shape.input_bytes * itemsize // 4)))
+    count = max(1, -(-ROTATING_BYTES[device] // (shape.input_bytes * impl.dtype.itemsize // 4)))
     sets = [inputs(shape, seed, device, impl.dtype) for seed in range(count)]
     reference = _reference(impl, sets[0], shape.causal)
     baseline = _reset_peak(device)  # peak memory counts the implementation's own allocations only
     run = impl.make(shape)
     out = run(sets[0])
     error = error_stats("out", out[..., -ORACLE_ROWS:, :].float().cpu().numpy(), reference).norm_rel
-    if not error <= (impl.max_error or MAX_ERROR_VS_FP64[impl.dtype]):
+    if not error <= (impl.max_error or MAX_NORM_ERROR[impl.dtype]):
         raise RuntimeError(f"{impl.name} is wrong at {shape}: normwise error {error:.2e} against float64")
     seconds = _median_seconds(run, sets, repeats, warmup, device)
     return Result(impl.name, shape, seconds, error, max(0, _peak(device) - baseline))
@@ -389,8 +397,6 @@ class ModelCase:
 
 
 MODEL_CASES = (ModelCase("deit-tiny", 1), ModelCase("deit-tiny", 64), ModelCase("lm-small", 1, 256))
-MODEL_MAX_ERROR = {torch.float32: 1e-4, torch.float16: 5e-3}
-"""Normwise error of the logits against eager float32 a variant must meet before it is timed."""
 
 
 @dataclass
@@ -414,7 +420,8 @@ Variant = tuple[Callable[..., torch.Tensor], torch.dtype, float]
 """A model variant: runner taking the model's named inputs, the dtype of its float inputs, its check bound."""
 
 
-def _model_variants(model: torch.nn.Module, config, device: str, example: dict[str, torch.Tensor]) -> dict[str, Variant]:
+def _model_variants(model: torch.nn.Module, config: ModelConfig, device: str,
+                    example: dict[str, torch.Tensor]) -> dict[str, Variant]:
     """The variants timed against eager float32 on ``device``, by name."""
     from export.build import passes_for, retarget
     from export.onnx_export import export_onnx
@@ -426,14 +433,14 @@ def _model_variants(model: torch.nn.Module, config, device: str, example: dict[s
         session = ort_session(proto.SerializeToString(), plugin_library.ort_library())
 
         def onnxruntime(**inputs: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(session.run(None, {k: v.numpy() for k, v in inputs.items()})[0])
-        bound = MODEL_MAX_ERROR[torch.float32]
+            return _ort_run(session, inputs)
+        bound = MAX_NORM_ERROR[torch.float32]
         return {"onnxruntime (our op)": (onnxruntime, torch.float32, bound),
                 "torch + our op": (_no_grad(fused), torch.float32, bound)}
     half_example = {k: (v.half() if v.is_floating_point() else v) for k, v in example.items()}
     return {"eager fp16": (_no_grad(copy.deepcopy(model).half()), torch.float16, BASELINE_FP16_MAX_ERROR),
             "our op fp16 + CUDA graph": (_graphed(fused.half(), half_example), torch.float16,
-                                         MODEL_MAX_ERROR[torch.float16])}
+                                         MAX_NORM_ERROR[torch.float16])}
 
 
 def _graphed(fn: Callable[..., torch.Tensor], example: dict[str, torch.Tensor]) -> Callable[..., torch.Tensor]:

@@ -53,7 +53,7 @@ def test_model_level_bench_checks_and_times_every_variant(ort_library):
     assert set(result.seconds) == {"eager fp32", "onnxruntime (our op)", "torch + our op"}
     assert all(s > 0 for s in result.seconds.values())
     assert set(result.errors) == {"onnxruntime (our op)", "torch + our op"}
-    assert all(e <= bench.MODEL_MAX_ERROR[torch.float32] for e in result.errors.values())
+    assert all(e <= bench.MAX_NORM_ERROR[torch.float32] for e in result.errors.values())
     assert "| tiny-vit | 2 | - | cpu | torch + our op |" in bench.models_markdown([result])
 
 

@@ -12,13 +12,14 @@
 
 namespace {
 
-// Launches the kernel instance on a stream; returns the launch's CUDA error.
+// Launches the kernel instance on a stream; returns NULL or the launch's CUDA error.
 struct StreamRunner {
   cudaStream_t stream;
   template <int DB, bool FOLD>
-  cudaError_t run(const ff_cuda::Launch& l) {
+  const char* run(const ff_cuda::Launch& l) {
     ff_cuda::fourier_attention_kernel<DB, FOLD><<<l.grid, ff_cuda::kThreads, 0, stream>>>(l.args);
-    return cudaGetLastError();
+    const cudaError_t err = cudaGetLastError();
+    return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
   }
 };
 
@@ -37,12 +38,6 @@ FF_CUDA_API const char* ff_cuda_forward(const ff_params* p, ff_dtype dtype,
                                         void* workspace, size_t workspace_bytes, void* stream) {
   (void)workspace;
   (void)workspace_bytes;
-  ff_cuda::Launch launch;
-  if (const char* err = ff_cuda::plan_launch(p, dtype, q, q_strides, k, k_strides, v, v_strides, out, out_strides,
-                                             &launch))
-    return err;
-  if (launch.grid == 0) return nullptr;
   StreamRunner runner{static_cast<cudaStream_t>(stream)};
-  const cudaError_t err = ff_cuda::dispatch(launch, runner);
-  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+  return ff_cuda::forward(p, dtype, q, q_strides, k, k_strides, v, v_strides, out, out_strides, runner);
 }

@@ -466,14 +466,21 @@ inline const char* plan_launch(const ff_params* p, ff_dtype dtype, const void* q
   return nullptr;
 }
 
-// Calls runner.template run<DB, FOLD>(launch) for the launch's kernel instance; returns its result.
+// Checks and plans the launch, then calls runner.template run<DB, FOLD>(launch) for its kernel instance (a
+// const char*: NULL or an error). Returns NULL or the message of the planning or of the run.
 template <class Runner>
-auto dispatch(const Launch& launch, Runner& runner) {
-  switch (launch.bucket) {
-    case 32: return launch.fold ? runner.template run<32, true>(launch) : runner.template run<32, false>(launch);
-    case 64: return launch.fold ? runner.template run<64, true>(launch) : runner.template run<64, false>(launch);
-    case 128: return launch.fold ? runner.template run<128, true>(launch) : runner.template run<128, false>(launch);
-    default: return launch.fold ? runner.template run<256, true>(launch) : runner.template run<256, false>(launch);
+const char* forward(const ff_params* p, ff_dtype dtype, const void* q, const ff_strides* q_strides, const void* k,
+                    const ff_strides* k_strides, const void* v, const ff_strides* v_strides, void* out,
+                    const ff_strides* out_strides, Runner& runner) {
+  Launch l;
+  if (const char* err = plan_launch(p, dtype, q, q_strides, k, k_strides, v, v_strides, out, out_strides, &l))
+    return err;
+  if (l.grid == 0) return nullptr;
+  switch (l.bucket) {
+    case 32: return l.fold ? runner.template run<32, true>(l) : runner.template run<32, false>(l);
+    case 64: return l.fold ? runner.template run<64, true>(l) : runner.template run<64, false>(l);
+    case 128: return l.fold ? runner.template run<128, true>(l) : runner.template run<128, false>(l);
+    default: return l.fold ? runner.template run<256, true>(l) : runner.template run<256, false>(l);
   }
 }
 

@@ -33,11 +33,6 @@ FF_EMU_API const char* ff_cuda_emulated_forward(const ff_params* p, ff_dtype dty
                                                 const void* v, const ff_strides* v_strides,
                                                 void* out, const ff_strides* out_strides, int order, unsigned seed) {
   if (order < ff_emu::kForward || order > ff_emu::kShuffled) return "CUDA emulation: order must be 0, 1 or 2";
-  ff_cuda::Launch launch;
-  if (const char* err = ff_cuda::plan_launch(p, dtype, q, q_strides, k, k_strides, v, v_strides, out, out_strides,
-                                             &launch))
-    return err;
-  if (launch.grid == 0) return nullptr;
   EmulatedRunner runner{static_cast<ff_emu::Order>(order), seed};
-  return ff_cuda::dispatch(launch, runner);
+  return ff_cuda::forward(p, dtype, q, q_strides, k, k_strides, v, v_strides, out, out_strides, runner);
 }
