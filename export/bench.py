@@ -295,7 +295,7 @@ def cpu_roofline() -> dict[str, float]:
             "pair_dims_per_second": lanes * fp_ports * mhz * 1e6 * cores / ops_per_pair_dim}
 
 
-CUDA_INSTRUCTIONS_PER_PAIR_DIM = 20.6
+CUDA_INSTRUCTIONS_PER_PAIR_DIM = 15.26
 """Thread instructions the CUDA kernel issues per pair-dim (bucket 64, sm_90 SASS: scripts/sass_op_count.py;
 plugins/cuda/ROOFLINE.md). Recount when the kernel changes."""
 

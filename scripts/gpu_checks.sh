@@ -6,6 +6,9 @@
 # `python -m export bench --device cuda` (op level, then model level), and writes every log and report to $OUT
 # (if set) or ./gpu_checks_logs. Parity runs before timing; the benchmark also checks every result it times.
 #   FF_CUDA_ARCHITECTURES (default 90), PYTHON (default python3), BUILD_DIR (default /tmp/ff-gpu-checks-build)
+#   BASELINE_SOURCES: a folder holding an earlier commit's plugins/ (here: git archive COMMIT plugins | tar -x -C
+#     DIR; carried, as the machine gets no .git): its kernel is built and timed at B=4,H=8,N=1024,D=64 too (A/B of a
+#     tuning step, plugins/cuda/ROOFLINE.md); its C API must match plugins/cuda/fourier_attention_cuda.h.
 # Every step runs even if an earlier one failed; the exit status is non-zero if any step failed.
 set -u
 cd "$(dirname "$0")/.."
@@ -104,6 +107,15 @@ bench_ops() {  # the target shape B=4,H=8,N=1024,D=64, an N sweep and a D sweep,
     4,8,256,64 4,8,1024,64 4,8,4096,64 4,8,16384,64 4,8,1024,16 4,8,1024,32 4,8,1024,128
 }
 
+bench_baseline() {  # the earlier kernel through the same Python and benchmark code
+  cmake -S "$BASELINE_SOURCES/plugins" -B "$BUILD_DIR-baseline" -DCMAKE_BUILD_TYPE=Release -DFF_BUILD_ONNXRUNTIME=OFF \
+    -DFF_BUILD_TENSORRT=OFF -DFF_BUILD_CUDA=ON -DFF_CUDA_ARCHITECTURES="$FF_CUDA_ARCHITECTURES" &&
+    cmake --build "$BUILD_DIR-baseline" --target fourierformer_cuda_shared --parallel "$(nproc)" &&
+    FOURIERFORMER_CUDA_LIBRARY="$BUILD_DIR-baseline/libfourierformer_cuda.so" \
+      PYTHONPATH="$PWD${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m export bench \
+      --device cuda --repeats 20 --warmup 3 --out "$LOGS/bench-cuda-baseline" --sizes 4,8,1024,64
+}
+
 bench_models() {
   py -m export bench --device cuda --models --repeats 10 --warmup 2 --out "$LOGS/bench-cuda-models"
 }
@@ -121,6 +133,7 @@ fi
 step harness_enqueue harness_enqueue
 if [ -f "$BUILD_DIR/libfourierformer_cuda.so" ]; then
   step bench_ops bench_ops
+  if [ -n "${BASELINE_SOURCES:-}" ]; then step bench_baseline bench_baseline; fi
   step bench_models bench_models
 fi
 say "=== gpu_checks: $([ "$FAILED" -eq 0 ] && echo ALL OK || echo SOME STEP FAILED); logs in $LOGS"

@@ -2,11 +2,13 @@
 """Count the instructions the CUDA kernel issues per pair-dim, from its SASS (no GPU needed).
 
 Compiles plugins/cuda/fourier_attention_cuda.cu for one architecture (default sm_90), disassembles the cubin with
-nvdisasm, and analyses the phase-1 chunk loop of one kernel instance (default: dim bucket 64, R folded), the loop
-that computes 16 dims x a 4 x 4 micro-tile = 256 pair-dims per thread per iteration. Straight-line code in the
-loop runs once per iteration; each loop nested in it (the staging of q and k: 64 rows x 16 dims over 256 threads)
-runs STAGE_TRIPS times; loops nested deeper are rare paths (huge arguments) and are left out. The result is the
-thread-instruction count per pair-dim that the issue roofline in plugins/cuda/ROOFLINE.md divides by.
+nvdisasm, and analyses the phase-1 chunk loop of one attention kernel instance (default: dim bucket 64, R folded),
+the loop that stages one chunk of the sin/cos table and computes 16 dims x a 4 x 4 micro-tile = 256 pair-dims per
+thread per iteration. Its code runs once per iteration; loops nested in it (none in the current kernel) are rare
+paths, listed and left out. The P V loop is counted per FFMA (one per pair and output dim). The result is the
+thread-instruction count per pair-dim that the issue roofline in plugins/cuda/ROOFLINE.md divides by. Not counted:
+the table kernel (one sincos per row and dim of q and k: 2/N of the pair-dims) and per-key-tile work outside the
+chunk loop (softmax statistics: per pair, not per pair-dim).
 
 nvdisasm is not part of the CUDA compiler package: pass --nvdisasm, or put it on PATH (e.g. from the PyPI wheel
 nvidia-cuda-nvdisasm, file nvidia/cu13/bin/nvdisasm).
@@ -25,7 +27,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PAIR_DIMS_PER_ITERATION = 16 * 16
-STAGE_TRIPS = 64 * 16 // 256
 INSTRUCTION = re.compile(r"/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
 LABEL = re.compile(r"^\s*\.(L_x_\d+):")
 
@@ -69,12 +70,8 @@ def own_multiplies(ops: list[str], loop: tuple[int, int], found: list[tuple[int,
     return sum(ops[i].startswith(("FFMA", "FMUL")) for i in set(range(loop[0], loop[1] + 1)) - set(nested))
 
 
-def histogram(ops: list[str], ranges: list[tuple[int, int]], weight: float = 1.0) -> collections.Counter:
-    counts: collections.Counter = collections.Counter()
-    for first, last in ranges:
-        for op in ops[first:last + 1]:
-            counts[op.split(".")[0]] += weight
-    return counts
+def histogram(ops: list[str], indices: set[int]) -> collections.Counter:
+    return collections.Counter(ops[i].split(".")[0] for i in indices)
 
 
 def main() -> int:
@@ -91,23 +88,19 @@ def main() -> int:
     found = loops(code, labels)
     ops = [op for op, _ in code]
     chunk = max(found, key=lambda r: own_multiplies(ops, r, found))
-    inner = [r for r in found if chunk[0] <= r[0] and r[1] < chunk[1] and r != chunk]
-    stage = [r for r in inner if not any(o != r and o[0] <= r[0] and r[1] <= o[1] for o in inner)]
-    rare = [r for r in inner if r not in stage]
-    straight = histogram(ops, [chunk]) - histogram(ops, stage)
-    staged = histogram(ops, stage, STAGE_TRIPS) - histogram(ops, rare, STAGE_TRIPS)
-    total = straight + staged
-    per = lambda c: sum(c.values()) / PAIR_DIMS_PER_ITERATION  # noqa: E731
+    rare = [r for r in found if chunk[0] <= r[0] and r[1] < chunk[1] and r != chunk]
+    body = set(range(chunk[0], chunk[1] + 1)) - {i for r in rare for i in range(r[0], r[1] + 1)}
+    phase1 = histogram(ops, body)
     # phase 2 (P V): the loop outside the chunk loop richest in FFMA; one FFMA per pair and output dim
     pv = max((r for r in found if r[1] < chunk[0] or r[0] > chunk[1]),
              key=lambda r: sum(op.startswith("FFMA") for op in ops[r[0]:r[1] + 1]))
     pv_per = (pv[1] - pv[0] + 1) / sum(op.startswith("FFMA") for op in ops[pv[0]:pv[1] + 1])
-    print(f"{args.arch} {args.instance}: chunk loop {chunk}, staging loops {stage} x {STAGE_TRIPS}, rare {rare}, "
-          f"P V loop {pv}")
-    print(f"per pair-dim: pair-dim block + log/div + control {per(straight):.2f}, staging (sin/cos) {per(staged):.2f}, "
-          f"P V {pv_per:.2f}; total {per(total) + pv_per:.2f} thread instructions")
-    print("phase 1 by opcode (per pair-dim):")
-    for op, n in total.most_common(16):
+    per_chunk = sum(phase1.values()) / PAIR_DIMS_PER_ITERATION
+    print(f"{args.arch} {args.instance}: chunk loop {chunk} (rare paths left out: {rare}), P V loop {pv}")
+    print(f"per pair-dim: chunk loop (staging, pair-dim block, log/div, control) {per_chunk:.2f}, P V {pv_per:.2f}; "
+          f"total {per_chunk + pv_per:.2f} thread instructions")
+    print("chunk loop by opcode (per pair-dim):")
+    for op, n in phase1.most_common(16):
         print(f"  {op:8s} {n / PAIR_DIMS_PER_ITERATION:6.2f}")
     return 0
 

@@ -51,10 +51,13 @@ def _params(dim=64, power=4, R=1.0, eps=EPS, causal=0, b=1, h=1, nq=4, nk=4) -> 
     return Params(b, h, nq, nk, dim, R, power, eps, causal)
 
 
-def _forward(lib, p, dtype=0, pointer=None) -> str | None:
-    """ff_cuda_forward with contiguous strides and the given (possibly fake) device pointer for every tensor."""
+def _forward(lib, p, dtype=0, pointer=None, workspace=None, workspace_bytes=None) -> str | None:
+    """ff_cuda_forward with contiguous strides and the given (possibly fake) device pointer for every tensor and,
+    unless given, for the workspace, of the size the library asks for."""
+    if workspace_bytes is None:
+        workspace_bytes = lib.ff_cuda_workspace_size(ctypes.byref(p))
     err = lib.ff_cuda_forward(ctypes.byref(p), dtype, pointer, None, pointer, None, pointer, None, pointer, None,
-                              None, 0, None)
+                              pointer if workspace is None else workspace, workspace_bytes, None)
     return None if err is None else err.decode()
 
 
@@ -75,8 +78,34 @@ def test_library_holds_code_for_every_target_architecture(lib):
     assert archs >= expected
 
 
-def test_workspace_query_needs_no_gpu(lib):
-    assert lib.ff_cuda_workspace_size(ctypes.byref(_params(b=2, h=3, nq=5, nk=7))) == 0
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+@pytest.mark.parametrize("b, h, nq, nk, dim",
+                         [(2, 3, 5, 7, 64), (1, 1, 1, 0, 1), (1, 2, 65, 200, 17), (3, 1, 64, 1, 256)])
+def test_workspace_query_needs_no_gpu(lib, b, h, nq, nk, dim):
+    """The workspace holds the sin/cos table: 3 floats per (row, dim) of q and k, rows padded to 64, dims to 16."""
+    expected = 12 * b * h * (_round_up(nq, 64) + _round_up(nk, 64)) * _round_up(dim, 16)
+    assert lib.ff_cuda_workspace_size(ctypes.byref(_params(b=b, h=h, nq=nq, nk=nk, dim=dim))) == expected
+
+
+def test_workspace_query_for_empty_invalid_and_huge_problems(lib):
+    """Nothing to compute or invalid parameters: 0 (the launch reports the problem); sizes of 2^62 bytes or more:
+    SIZE_MAX, which no allocation satisfies."""
+    def size(**kw) -> int:
+        return lib.ff_cuda_workspace_size(ctypes.byref(_params(**kw)))
+
+    assert size(b=0) == 0 and size(nq=0) == 0 and size(dim=300) == 0 and size(power=3) == 0
+    assert size(b=2**40, h=2**10, nq=1, nk=1, dim=1) == 2**64 - 1  # valid sizes (10^16 elements), 3 * 2^63 bytes of table
+
+
+def test_missing_small_or_misaligned_workspace_is_reported(lib):
+    p = _params(b=2, nq=70)
+    needed = lib.ff_cuda_workspace_size(ctypes.byref(p))
+    assert "workspace is NULL or smaller" in _forward(lib, p, pointer=0x1000, workspace=0, workspace_bytes=needed)
+    assert "workspace is NULL or smaller" in _forward(lib, p, pointer=0x1000, workspace_bytes=needed - 1)
+    assert "16-byte aligned" in _forward(lib, p, pointer=0x1000, workspace=0x1008)
 
 
 @pytest.mark.parametrize("params, message", [

@@ -12,12 +12,11 @@
 
 namespace {
 
-// Launches the kernel instance on a stream; returns NULL or the launch's CUDA error.
+// Launches a kernel on a stream; returns NULL or the launch's CUDA error.
 struct StreamRunner {
   cudaStream_t stream;
-  template <int DB, bool FOLD>
-  const char* run(const ff_cuda::Launch& l) {
-    ff_cuda::fourier_attention_kernel<DB, FOLD><<<l.grid, ff_cuda::kThreads, 0, stream>>>(l.args);
+  const char* launch(ff_cuda::Kernel kernel, unsigned grid, const ff_cuda::Args& args) {
+    kernel<<<grid, ff_cuda::kThreads, 0, stream>>>(args);
     const cudaError_t err = cudaGetLastError();
     return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
   }
@@ -26,8 +25,7 @@ struct StreamRunner {
 }  // namespace
 
 FF_CUDA_API size_t ff_cuda_workspace_size(const ff_params* p) {
-  (void)p;  // the kernel needs no global workspace; touches no CUDA API
-  return 0;
+  return p == nullptr ? 0 : ff_cuda::workspace_bytes(p);  // touches no CUDA API
 }
 
 FF_CUDA_API const char* ff_cuda_forward(const ff_params* p, ff_dtype dtype,
@@ -36,8 +34,7 @@ FF_CUDA_API const char* ff_cuda_forward(const ff_params* p, ff_dtype dtype,
                                         const void* v, const ff_strides* v_strides,
                                         void* out, const ff_strides* out_strides,
                                         void* workspace, size_t workspace_bytes, void* stream) {
-  (void)workspace;
-  (void)workspace_bytes;
   StreamRunner runner{static_cast<cudaStream_t>(stream)};
-  return ff_cuda::forward(p, dtype, q, q_strides, k, k_strides, v, v_strides, out, out_strides, runner);
+  return ff_cuda::forward(p, dtype, q, q_strides, k, k_strides, v, v_strides, out, out_strides, workspace,
+                          workspace_bytes, runner);
 }

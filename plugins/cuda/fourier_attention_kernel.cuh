@@ -1,15 +1,21 @@
-// FourierAttention CUDA kernel (fused, tiled over keys, log domain, online maximum): the device code and the
+// FourierAttention CUDA kernels (fused, tiled over keys, log domain, online maximum): the device code and the
 // launch planning, included by fourier_attention_cuda.cu (nvcc) and by emulator/ (a host compiler, with CUDA's
-// built-ins emulated, to run the kernel's logic on a CPU). Include the CUDA (or emulation) headers first.
+// built-ins emulated, to run the kernels' logic on a CPU). Include the CUDA (or emulation) headers first.
 //
-// One block of 256 threads owns a tile of BQ = 64 queries of one (batch, head) and streams the
-// visible keys in tiles of BK = 64 (causal: tiles wholly above the diagonal are never visited).
-// Per key tile:
+// Two launches on one stream:
+//   trig_table_kernel: once per call, for every row of q and of k and every dim, (x', sin(R x) t, cos(R x) t)
+//     into the workspace (the "table"; t = 1/R' for q, 1 for k). sin/cos are of the exact product R*x (float
+//     hi + exact residual lo via fmaf, sincosf of hi, angle-addition with a short series in lo), so there is
+//     no Rq - Rk cancellation later. Layout per side (q, then k): [batch*heads][chunk][3][kDC][rows], rows
+//     padded to a multiple of 64 and dims to a multiple of kDC with (0, 0, 1): the attention kernel copies a
+//     tile's chunk into shared memory with aligned float4 loads and no bounds checks. Cost: 2/N of the
+//     attention's pair-dims (one sincos per element instead of one per element and tile).
+//   fourier_attention_kernel: one block of 256 threads owns a tile of BQ = 64 queries of one (batch, head)
+//     and streams the visible keys in tiles of BK = 64 (causal: tiles wholly above the diagonal are never
+//     visited). Per key tile:
 //   phase 1 (log-weights; ~12 FP32 ops per pair and dim): dims are processed in chunks of DC = 16.
-//     For each chunk the block stages, in shared memory, for its 64 queries (q', sin Rq / R', cos Rq / R')
-//     and for the 64 keys (k', sin Rk, cos Rk), layout [3][DC][64 + 4]. sin/cos are computed once per
-//     staged element from the exact product R*x (float hi + exact residual lo via fmaf, sincosf of hi,
-//     angle-addition with a short series in lo), so there is no Rq - Rk cancellation. Each thread owns a
+//     For each chunk the block copies, from the table, (q', sin Rq / R', cos Rq / R') of its 64 queries and
+//     (k', sin Rk, cos Rk) of the 64 keys into shared memory, layout [3][DC][64 + 4]. Each thread owns a
 //     4 x 4 micro-tile of (query, key) pairs (tq = tid / 16, tk = tid % 16) and for every dim computes
 //        d = q' - k',  u = d^2,  S = sin(Rq)cos(Rk) - cos(Rq)sin(Rk) (scaled by 1/R'),
 //        u < thr (|x| < 1): num *= 1 + c1' u + c2' u^2 + c3' u^3 (accurate sinc, no cancellation), den *= 1
@@ -29,9 +35,10 @@
 // log-weight of the row was NaN (NaN/inf inputs); written in the input dtype.
 //
 // Shared memory: 26,112 (phase-1 buffers, reused for v) + 17,408 (P) + 768 (row stats) bytes: static,
-// under 48 KiB. No global workspace; nothing of size [nq, nk] or [nq, nk, dim] exists anywhere.
+// under 48 KiB. Global workspace: the table, 12 bytes x (nq and nk each rounded up to 64) x (dim rounded up
+// to 16) per (batch, head), O(N D); nothing of size [nq, nk] or [nq, nk, dim] exists anywhere.
 // Template instances: 4 dim buckets x {fold, no fold} (fold = |log2 R| <= 64, i.e. always in practice);
-// dtype is a uniform runtime switch used only when staging and storing.
+// dtype is a uniform runtime switch used only when building the table, staging v and storing.
 #ifndef FOURIERFORMER_CUDA_FOURIER_ATTENTION_KERNEL_CUH_
 #define FOURIERFORMER_CUDA_FOURIER_ATTENTION_KERNEL_CUH_
 
@@ -77,7 +84,15 @@ struct Args {
   float c1, c2, c3; // sinc(x) ~ 1 + c1 u + c2 u^2 + c3 u^3 in the variable u
   float power;
   float log_eps;
+  float* table;     // the workspace: q side, then k side
+  int64_t bh;       // batch * heads
+  int64_t q_rows;   // nq and nk padded to multiples of 64
+  int64_t k_rows;
+  int nchunks;      // ceil(dim / kDC)
 };
+
+// Table elements per side and (batch, head) for `rows` padded rows: [nchunks][3][kDC][rows].
+__host__ __device__ inline int64_t table_floats(int nchunks, int64_t rows) { return int64_t{3} * kDC * nchunks * rows; }
 
 __device__ __forceinline__ float load_elem(const void* base, int64_t idx, int dtype) {
   if (dtype == FF_DTYPE_FLOAT16) return __half2float(static_cast<const __half*>(base)[idx]);
@@ -123,27 +138,53 @@ __device__ __forceinline__ void sincos_exact_product(float R, float x, float* s,
   }
 }
 
-// Stage one chunk of dims [d0, d0 + kDC) of rows [r0, r0 + 64) into buf[3][kDC][kRowStride]:
-// (x * scale, sin(R x) * trig_scale, cos(R x) * trig_scale). Rows >= nrows and dims >= dim are padding
-// (0, 0, 1): a padded dim gives d = 0 on both sides, i.e. a factor of exactly 1.
-__device__ __forceinline__ void stage_trig(float* buf, const Tensor& t, int64_t toff, int64_t r0, int64_t nrows,
-                                           int d0, const Args& a, float trig_scale) {
-  for (int idx = threadIdx.x; idx < 64 * kDC; idx += kThreads) {
-    const int dd = idx % kDC, r = idx / kDC;
-    const int64_t row = r0 + r;
-    const int d = d0 + dd;
-    float x = 0.0f, s = 0.0f, c = 1.0f;
-    if (row < nrows && d < a.dim) {
-      const float val = load_elem(t.ptr, toff + row * t.sr + d, a.dtype);
-      x = val * a.scale;  // exact power-of-two scaling
-      sincos_exact_product(a.R, val, &s, &c);
-      s *= trig_scale;
-      c *= trig_scale;
+__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float get(const float4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// The table of both sides (layout: the file comment; q and k tiles have kBQ == kBK rows). One block fills one
+// (side, batch*head, chunk, row tile): [3][kDC][64] entries; blocks stride over the grid.
+__global__ void __launch_bounds__(kThreads) trig_table_kernel(const Args a) {
+  const int64_t q_tiles = a.q_rows / kBQ, tiles = q_tiles + a.k_rows / kBQ;
+  const int64_t nblocks = a.bh * tiles * a.nchunks;
+  for (int64_t blk = blockIdx.x; blk < nblocks; blk += gridDim.x) {
+    const int ch = static_cast<int>(blk % a.nchunks);
+    const int64_t tile = blk / a.nchunks % tiles, bh = blk / a.nchunks / tiles;
+    const bool is_q = tile < q_tiles;
+    const Tensor& t = is_q ? a.q : a.k;
+    const int64_t rows = is_q ? a.q_rows : a.k_rows, nrows = is_q ? a.nq : a.nk;
+    const int64_t r0 = (is_q ? tile : tile - q_tiles) * kBQ;
+    const float trig_scale = is_q ? a.inv_rp : 1.0f;
+    float* const side = is_q ? a.table : a.table + a.bh * table_floats(a.nchunks, a.q_rows);
+    float* const chunk = side + (bh * a.nchunks + ch) * (3 * kDC) * rows;
+    const int64_t toff = bh / a.heads * t.sb + bh % a.heads * t.sh;
+    for (int idx = threadIdx.x; idx < kDC * kBQ; idx += kThreads) {
+      const int dd = idx / kBQ, r = idx % kBQ;
+      const int64_t row = r0 + r;
+      const int d = ch * kDC + dd;
+      float x = 0.0f, sn = 0.0f, cs = 1.0f;
+      if (row < nrows && d < a.dim) {
+        const float val = load_elem(t.ptr, toff + row * t.sr + d, a.dtype);
+        x = val * a.scale;  // exact power-of-two scaling
+        sincos_exact_product(a.R, val, &sn, &cs);
+        sn *= trig_scale;
+        cs *= trig_scale;
+      }
+      chunk[(0 * kDC + dd) * rows + row] = x;
+      chunk[(1 * kDC + dd) * rows + row] = sn;
+      chunk[(2 * kDC + dd) * rows + row] = cs;
     }
-    buf[0 * kQKPlane + dd * kRowStride + r] = x;
-    buf[1 * kQKPlane + dd * kRowStride + r] = s;
-    buf[2 * kQKPlane + dd * kRowStride + r] = c;
   }
+}
+
+// One thread's share of copying a tile's table chunk ([3][kDC][rows]) to shared memory ([3][kDC][kRowStride]):
+// the 3 planes of dim tid / 16, rows 4 (tid % 16) .. + 3 of the tile; src and dst point at plane 0 there.
+static_assert(kThreads == kDC * (kBQ / 4), "staging: one float4 per thread and plane");
+__device__ __forceinline__ void stage_chunk(float* dst, const float* src, int64_t plane_stride) {
+#pragma unroll
+  for (int plane = 0; plane < 3; ++plane)
+    *reinterpret_cast<float4*>(dst + plane * kQKPlane) = ld4(src + plane * plane_stride);
 }
 
 // Stage v[k0 .. k0+64)[c0 .. c0+DV) as float into vs[64][DV + kPad]; rows >= nk and dims >= dim are 0.
@@ -157,11 +198,6 @@ __device__ __forceinline__ void stage_v(float* vs, const Args& a, int64_t voff, 
     if (row < a.nk && d < a.dim) x = load_elem(a.v.ptr, voff + row * a.v.sr + d, a.dtype);
     vs[r * (DV + kPad) + dv] = x;
   }
-}
-
-__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
-__device__ __forceinline__ float get(const float4& v, int i) {
-  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
 template <int DB, bool FOLD>
@@ -186,8 +222,6 @@ __global__ void __launch_bounds__(kThreads, DB <= 64 ? 2 : 1) fourier_attention_
   const int qt = a.nqt - 1 - static_cast<int>(blk % a.nqt);  // longest (causal) tiles first
   const int64_t b = bh / a.heads, h = bh % a.heads;
   const int64_t q0 = static_cast<int64_t>(qt) * kBQ;
-  const int64_t qoff = b * a.q.sb + h * a.q.sh;
-  const int64_t koff = b * a.k.sb + h * a.k.sh;
   const int64_t voff = b * a.v.sb + h * a.v.sh;
   const int64_t ooff = b * a.osb + h * a.osh;
   const int64_t diag = a.nk - a.nq;  // key j visible to query i iff j <= i + diag (causal)
@@ -218,9 +252,16 @@ __global__ void __launch_bounds__(kThreads, DB <= 64 ? 2 : 1) fourier_attention_
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[c][i][e] = 0.0f;
 
-  const int nchunks = (a.dim + kDC - 1) / kDC;
+  const int nchunks = a.nchunks;
   float* const qs_buf = s_qk;
   float* const ks_buf = s_qk + 3 * kQKPlane;
+  // this thread's staging position (stage_chunk) in chunk 0 of the q tile and of key tile 0, and in s_qk
+  const int stage_dim = tid / 16, stage_row = 4 * (tid % 16);
+  const float* const q_stage =
+      a.table + bh * table_floats(nchunks, a.q_rows) + stage_dim * a.q_rows + q0 + stage_row;
+  const float* const k_stage = a.table + a.bh * table_floats(nchunks, a.q_rows) +
+                               bh * table_floats(nchunks, a.k_rows) + stage_dim * a.k_rows + stage_row;
+  float* const stage_dst = s_qk + stage_dim * kRowStride + stage_row;
 
   for (int64_t kt = 0; kt < nkt; ++kt) {
     const int64_t k0 = kt * kBK;
@@ -232,9 +273,8 @@ __global__ void __launch_bounds__(kThreads, DB <= 64 ? 2 : 1) fourier_attention_
 
     // ---- phase 1: log-weights of the 64 x 64 tile --------------------------------------------
     for (int ch = 0; ch < nchunks; ++ch) {
-      const int d0 = ch * kDC;
-      stage_trig(qs_buf, a.q, qoff, q0, a.nq, d0, a, a.inv_rp);
-      stage_trig(ks_buf, a.k, koff, k0, a.nk, d0, a, 1.0f);
+      stage_chunk(stage_dst, q_stage + ch * (3 * kDC) * a.q_rows, kDC * a.q_rows);
+      stage_chunk(stage_dst + 3 * kQKPlane, k_stage + k0 + ch * (3 * kDC) * a.k_rows, kDC * a.k_rows);
       __syncthreads();
       float pn[4][4], pd[4][4];
 #pragma unroll
@@ -375,13 +415,33 @@ __global__ void __launch_bounds__(kThreads, DB <= 64 ? 2 : 1) fourier_attention_
   }
 }
 
-// A validated launch: the kernel instance (dim bucket, fold), its arguments and the grid (0: nothing to do).
+// A validated launch: the table's grid, the attention kernel's instance (dim bucket, fold) and grid, and the
+// arguments of both (grid 0: nothing to do).
 struct Launch {
   Args args;
+  unsigned table_grid;
   unsigned grid;
   int bucket;  // 32, 64, 128 or 256
   bool fold;
 };
+
+constexpr int64_t kMaxTableGrid = 1 << 20;  // the table kernel's blocks stride beyond this
+
+inline int64_t padded_rows(int64_t n) { return (n + kBQ - 1) / kBQ * kBQ; }
+
+// The workspace bytes for p: the table (0 if p is invalid or there is nothing to compute; SIZE_MAX if it
+// would reach 2^62 bytes).
+inline size_t workspace_bytes(const ff_params* p) {
+  if (ff_validate_params(p) != nullptr || p->dim < 1 || p->dim > FF_CUDA_MAX_DIM) return 0;
+  if (p->batch == 0 || p->heads == 0 || p->nq == 0) return 0;
+  const int nchunks = static_cast<int>((p->dim + kDC - 1) / kDC);
+  const double rows = static_cast<double>(p->nq) + static_cast<double>(p->nk) + 2.0 * kBQ;
+  if (static_cast<double>(p->batch) * static_cast<double>(p->heads) * 3.0 * kDC * nchunks * rows * sizeof(float) >=
+      0x1p62)
+    return SIZE_MAX;
+  const int64_t floats = p->batch * p->heads * table_floats(nchunks, padded_rows(p->nq) + padded_rows(p->nk));
+  return static_cast<size_t>(floats) * sizeof(float);
+}
 
 inline ff_strides contiguous(int64_t heads, int64_t rows, int64_t dim) {
   ff_strides s;
@@ -396,8 +456,9 @@ inline ff_strides contiguous(int64_t heads, int64_t rows, int64_t dim) {
 inline const char* plan_launch(const ff_params* p, ff_dtype dtype, const void* q, const ff_strides* q_strides,
                                const void* k, const ff_strides* k_strides, const void* v,
                                const ff_strides* v_strides, void* out, const ff_strides* out_strides,
-                               Launch* launch) {
+                               void* workspace, size_t workspace_size, Launch* launch) {
   launch->grid = 0;
+  launch->table_grid = 0;
   if (const char* err = ff_validate_params(p)) return err;
   if (p->dim < 1 || p->dim > FF_CUDA_MAX_DIM)
     return "FourierAttention CUDA: dim must be in 1..256 (FF_CUDA_MAX_DIM)";
@@ -410,6 +471,13 @@ inline const char* plan_launch(const ff_params* p, ff_dtype dtype, const void* q
   const int64_t nqt = (p->nq + kBQ - 1) / kBQ;
   if (nqt > INT32_MAX || bh > INT32_MAX / nqt)
     return "FourierAttention CUDA: batch * heads * ceil(nq / 64) exceeds the grid limit (2^31 - 1 blocks)";
+  const size_t needed = workspace_bytes(p);
+  if (needed == SIZE_MAX)
+    return "FourierAttention CUDA: the workspace would reach 2^62 bytes (nq, nk or batch * heads too large)";
+  if (workspace == nullptr || workspace_size < needed)
+    return "FourierAttention CUDA: the workspace is NULL or smaller than ff_cuda_workspace_size()";
+  if (reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
+    return "FourierAttention CUDA: the workspace must be 16-byte aligned";
 
   const ff_strides qs = q_strides ? *q_strides : contiguous(p->heads, p->nq, p->dim);
   const ff_strides ks = k_strides ? *k_strides : contiguous(p->heads, p->nk, p->dim);
@@ -434,6 +502,11 @@ inline const char* plan_launch(const ff_params* p, ff_dtype dtype, const void* q
   a.R = p->R;
   a.power = static_cast<float>(p->power);
   a.log_eps = std::log(p->eps);
+  a.table = static_cast<float*>(workspace);
+  a.bh = bh;
+  a.q_rows = padded_rows(p->nq);
+  a.k_rows = padded_rows(p->nk);
+  a.nchunks = static_cast<int>((p->dim + kDC - 1) / kDC);
 
   // Fold R into the inputs by an exact power of two: R' = R 2^-m in [1/sqrt2, sqrt2), q' = q 2^m.
   // sinc(R(q-k)) = (S/R') / (q'-k') with S = sin(Rq)cos(Rk) - cos(Rq)sin(Rk); the small-|x| series
@@ -463,25 +536,36 @@ inline const char* plan_launch(const ff_params* p, ff_dtype dtype, const void* q
   }
   launch->bucket = p->dim <= 32 ? 32 : p->dim <= 64 ? 64 : p->dim <= 128 ? 128 : 256;
   launch->grid = static_cast<unsigned>(bh * nqt);
+  const int64_t table_blocks = bh * ((a.q_rows + a.k_rows) / 64) * a.nchunks;
+  launch->table_grid = static_cast<unsigned>(table_blocks < kMaxTableGrid ? table_blocks : kMaxTableGrid);
   return nullptr;
 }
 
-// Checks and plans the launch, then calls runner.template run<DB, FOLD>(launch) for its kernel instance (a
-// const char*: NULL or an error). Returns NULL or the message of the planning or of the run.
+using Kernel = void (*)(Args);
+
+// The attention kernel's instance for a dim bucket (32, 64, 128, 256) and fold.
+inline Kernel attention_kernel(int bucket, bool fold) {
+  switch (bucket) {
+    case 32: return fold ? fourier_attention_kernel<32, true> : fourier_attention_kernel<32, false>;
+    case 64: return fold ? fourier_attention_kernel<64, true> : fourier_attention_kernel<64, false>;
+    case 128: return fold ? fourier_attention_kernel<128, true> : fourier_attention_kernel<128, false>;
+    default: return fold ? fourier_attention_kernel<256, true> : fourier_attention_kernel<256, false>;
+  }
+}
+
+// Checks and plans, then runs the table kernel and the attention kernel through runner.launch(kernel, grid, args)
+// (a const char*: NULL or an error). Returns NULL or the message of the planning or of a launch.
 template <class Runner>
 const char* forward(const ff_params* p, ff_dtype dtype, const void* q, const ff_strides* q_strides, const void* k,
                     const ff_strides* k_strides, const void* v, const ff_strides* v_strides, void* out,
-                    const ff_strides* out_strides, Runner& runner) {
+                    const ff_strides* out_strides, void* workspace, size_t workspace_size, Runner& runner) {
   Launch l;
-  if (const char* err = plan_launch(p, dtype, q, q_strides, k, k_strides, v, v_strides, out, out_strides, &l))
+  if (const char* err = plan_launch(p, dtype, q, q_strides, k, k_strides, v, v_strides, out, out_strides, workspace,
+                                    workspace_size, &l))
     return err;
   if (l.grid == 0) return nullptr;
-  switch (l.bucket) {
-    case 32: return l.fold ? runner.template run<32, true>(l) : runner.template run<32, false>(l);
-    case 64: return l.fold ? runner.template run<64, true>(l) : runner.template run<64, false>(l);
-    case 128: return l.fold ? runner.template run<128, true>(l) : runner.template run<128, false>(l);
-    default: return l.fold ? runner.template run<256, true>(l) : runner.template run<256, false>(l);
-  }
+  if (const char* err = runner.launch(trig_table_kernel, l.table_grid, l.args)) return err;
+  return runner.launch(attention_kernel(l.bucket, l.fold), l.grid, l.args);
 }
 
 }  // namespace ff_cuda

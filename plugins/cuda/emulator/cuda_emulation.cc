@@ -11,7 +11,7 @@
 
 namespace ff_emu {
 
-Dim3 thread_index, block_index;
+Dim3 thread_index, block_index, grid_dim;
 
 namespace {
 
@@ -134,6 +134,7 @@ const char* run_grid(unsigned grid, unsigned threads, Order order, unsigned seed
   for (Fiber& f : g.fibers) f.stack.reset(new char[kStackBytes]);
   g_grid = &g;
   std::mt19937 rng(seed);
+  grid_dim.x = grid;
   const char* error = nullptr;
   for (unsigned b = 0; b < grid && error == nullptr; ++b) error = run_block(g, b, order, rng);
   g_grid = nullptr;

@@ -37,7 +37,7 @@ const char* run_grid(unsigned grid, unsigned threads, Order order, unsigned seed
 void syncthreads();
 float shfl_xor(float value, int lane_mask);
 
-extern Dim3 thread_index, block_index;  // of the running thread; set by the scheduler
+extern Dim3 thread_index, block_index, grid_dim;  // of the running thread; set by the scheduler
 
 }  // namespace ff_emu
 
@@ -61,6 +61,7 @@ extern Dim3 thread_index, block_index;  // of the running thread; set by the sch
 
 #define threadIdx (ff_emu::thread_index)
 #define blockIdx (ff_emu::block_index)
+#define gridDim (ff_emu::grid_dim)
 
 inline void __syncthreads() { ff_emu::syncthreads(); }
 inline float __shfl_xor_sync(unsigned /*mask: every lane takes part*/, float value, int lane_mask) {

@@ -779,8 +779,10 @@ int main(int argc, char** argv) {
     PluginTensorDesc bad_in[3] = {pin[0], Desc(F, L, MakeDims({2, 3, 53, 32})), pin[2]};
     std::fprintf(stderr, "[harness] expecting a shape-mismatch message:\n");
     checks.Add("on_shape_change_rejects_mismatch", runtime->onShapeChange(bad_in, 3, pout, 1) != 0);
-    const size_t ws = build->getWorkspaceSize(din, 3, dout, 1);
-    checks.Add("workspace_size", ws < (size_t(1) << 40), std::to_string(ws) + " bytes");
+    // The CUDA kernel's sin/cos table: 12 bytes per padded row (64) of q and k, batch, head and padded dim (16).
+    const size_t ws = build->getWorkspaceSize(din, 3, dout, 1), expected_ws = 12 * 2 * 3 * (64 + 64) * 48;
+    checks.Add("workspace_size", ws == expected_ws,
+               std::to_string(ws) + " bytes, expected " + std::to_string(expected_ws));
   }
 
   // Bad field sets must be rejected with nullptr (and no crash).
