@@ -1,13 +1,15 @@
 """The CPU kernel from Python: its plain C API (libfourierformer_cpu.so) called through ctypes.
 
-The same kernel as the ONNX Runtime op, parallelized here over a thread pool of ``torch.get_num_threads()``
-workers (ctypes releases the GIL during each call): first every prepare item, then every output row.
+The same kernel as the ONNX Runtime op, parallelized here over ``torch.get_num_threads()`` threads (the caller and
+a pool; ctypes releases the GIL during each call): first every prepare item, then every output row.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -42,19 +44,32 @@ def library() -> ctypes.CDLL:
 
 
 @functools.cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(workers, thread_name_prefix="fourier-attention-cpu")
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="fourier-attention-cpu")
 
 
-def _parallel(fn, total: int, per_task: int, workers: int) -> None:
-    """fn(begin, end) over [0, total) in ranges of ``per_task``, on ``workers`` threads; re-raises any error."""
+def _parallel(fn: Callable[[int, int], None], total: int, per_task: int, workers: int) -> None:
+    """fn(begin, end) over [0, total) in ranges of ``per_task``: the calling thread and ``workers - 1`` pool threads
+    take the ranges in turn (one pool task per thread, not per range: the per-range cost is one ctypes call).
+    Returns when every range is done; re-raises an error of any thread after all have stopped."""
     ranges = [(b, min(b + per_task, total)) for b in range(0, total, per_task)]
-    if workers == 1 or len(ranges) == 1:
-        for b, e in ranges:
-            fn(b, e)
-        return
-    for future in [_pool(workers).submit(fn, b, e) for b, e in ranges]:
-        future.result()
+    pending = iter(ranges)
+    lock = threading.Lock()
+
+    def take_ranges() -> None:
+        while True:
+            with lock:
+                task = next(pending, None)
+            if task is None:
+                return
+            fn(*task)
+
+    helpers = [_pool(workers - 1).submit(take_ranges) for _ in range(min(workers, len(ranges)) - 1)]
+    try:
+        take_ranges()
+    finally:
+        for helper in helpers:  # the tensors behind fn stay alive until no thread uses them
+            helper.result()
 
 
 def fourier_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, R: float = opspec.R.default,

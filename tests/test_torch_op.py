@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import assert_not_vacuous, attention_inputs, oracle
 
-from export import cuda_kernel
+from export import cpu_kernel, cuda_kernel
 from export.torch_op import FusedFourierAttention, fourier_attention, fuse
 from export.validate import error_stats
 from fourierformer import configs
@@ -55,6 +55,35 @@ def test_strided_and_non_contiguous_inputs_on_cpu():
     strided = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in x.values()]
     assert not strided[0].is_contiguous()
     torch.testing.assert_close(fourier_attention(*strided, 1.0, 4, EPS, False), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_cpu_result_does_not_depend_on_the_thread_count(threads):
+    x = {k: torch.from_numpy(v) for k, v in attention_inputs(2, 3, 150, 130, 40, R=1.0).items()}
+    expected = fourier_attention(x["q"], x["k"], x["v"], 1.0, 4, EPS, True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = fourier_attention(x["q"], x["k"], x["v"], 1.0, 4, EPS, True)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_cpu_ranges_run_once_each_and_errors_surface_after_all_threads_stop():
+    done: list[tuple[int, int]] = []
+    cpu_kernel._parallel(lambda b, e: done.append((b, e)), 100, 7, 3)
+    assert sorted(done) == [(b, min(b + 7, 100)) for b in range(0, 100, 7)]
+
+    done.clear()
+
+    def failing(b: int, e: int) -> None:
+        if b == 35:
+            raise RuntimeError("range 35")
+        done.append((b, e))
+    with pytest.raises(RuntimeError, match="range 35"):
+        cpu_kernel._parallel(failing, 100, 7, 3)
+    assert len(done) == 14  # every other range still ran: no thread was left writing after the call returned
 
 
 def test_no_keys_gives_zeros_and_empty_queries_give_empty():

@@ -425,7 +425,12 @@ struct Launch {
   bool fold;
 };
 
-constexpr int64_t kMaxTableGrid = 1 << 20;  // the table kernel's blocks stride beyond this
+#ifndef FF_CUDA_MAX_TABLE_GRID
+#define FF_CUDA_MAX_TABLE_GRID (1 << 20)
+#endif
+// Blocks of the table kernel's grid; its blocks stride over the tiles beyond this. The emulator lowers it, so
+// that every emulated case runs the striding.
+constexpr int64_t kMaxTableGrid = FF_CUDA_MAX_TABLE_GRID;
 
 inline int64_t padded_rows(int64_t n) { return (n + kBQ - 1) / kBQ * kBQ; }
 
