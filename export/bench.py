@@ -3,9 +3,10 @@
 Honest timing: random non-zero inputs scaled so the weights neither vanish nor saturate, several input
 sets rotated between runs (together larger than the last-level cache), warm-up, the median of repeated
 runs (CUDA events on a GPU), peak memory per implementation (resident memory on the CPU, the caching
-allocator's peak on a GPU), and an implementation is skipped (with the reason) rather than run where it
-cannot fit in memory. Devices: ``cpu`` (eager, our ONNX Runtime op, our PyTorch op, softmax SDPA) and
-``cuda`` (eager and SDPA in float32 and float16, our CUDA kernel through the PyTorch op in both).
+allocator's peak on a GPU), and an implementation is skipped (with the reason in the report) rather than run
+where it cannot fit in memory or its runtime is missing. Devices: ``cpu`` (eager, our ONNX Runtime op, our
+PyTorch op, softmax SDPA) and ``cuda`` (eager and SDPA in float32 and float16, our CUDA kernel through the
+PyTorch op in both, TensorRT engines of the op and of whole models where a TensorRT runtime exists).
 """
 
 from __future__ import annotations
@@ -18,18 +19,21 @@ import platform
 import re
 import statistics
 import subprocess
+import tempfile
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
-from export import cuda_kernel, plugin_library
+from export import cuda_kernel, plugin_library, tensorrt_backend
 from export.errors import UserError
-from export.op_model import attention_inputs, ort_op_model
+from export.op_model import attention_inputs, ort_op_model, portable_op_model
 from export.runtime import ort_session
 from export.validate import TOLERANCES, error_stats
 from fourierformer import opspec
@@ -90,6 +94,8 @@ class Implementation:
     """One of our kernels: compared with the roofline of our kernel's op count."""
     max_error: float | None = None
     """Bound of the correctness check; None: MAX_NORM_ERROR of the dtype."""
+    missing: Callable[[], str | None] | None = None
+    """What this machine lacks to run it (None: nothing); the report shows it as the reason for the skip."""
 
 
 @dataclass
@@ -140,6 +146,60 @@ def _sdpa(shape: Shape) -> Runner:
     return run
 
 
+def tensorrt_missing() -> str | None:
+    """None if TensorRT engines can be built and run here, else what is missing."""
+    if tensorrt_backend.installed_flavour() is None:
+        return "no TensorRT runtime (neither the tensorrt nor the tensorrt_rtx package is installed)"
+    if (reason := tensorrt_backend.gpu_missing_reason()) is not None:
+        return f"running a TensorRT engine needs an NVIDIA GPU: {reason}"
+    return None
+
+
+def _device_inference(runner) -> Callable[[Feeds], Feeds]:
+    """Activate a Polygraphy TrtRunner; returns outputs-by-name of a run on device tensors (deactivated when the
+    returned function is collected)."""
+    runner.activate()
+
+    def infer(feeds: Feeds) -> Feeds:
+        return runner.infer(feeds, copy_outputs_to_host=False)
+    weakref.finalize(infer, runner.deactivate)
+    return infer
+
+
+def _engine_inference(proto: onnx.ModelProto, profiles: tensorrt_backend.Profiles,
+                      library: Path | None) -> Callable[[Feeds], Feeds]:
+    """_device_inference of an engine built from ``proto`` for this GPU (in a temporary folder)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path, engine_path = Path(tmp) / "model.onnx", Path(tmp) / "model.engine"
+        onnx.save(proto, onnx_path)
+        trt = tensorrt_backend.build_engine(onnx_path, engine_path, profiles, [], library, None)
+        built_with = {"flavour": trt.flavour, "version": trt.version, "compute_capabilities": []}
+        runner = tensorrt_backend.tensorrt_runner(engine_path, built_with, library)
+    return _device_inference(runner)
+
+
+def op_engine_source(shape: Shape, precision: str) -> tuple[onnx.ModelProto, tensorrt_backend.Profiles, Path | None]:
+    """The op's model in the installed TensorRT's form (our plugin with tensorrt, decomposed with tensorrt_rtx),
+    its profile fixed to ``shape``, and the plugin library it needs (None when decomposed)."""
+    from export.build import passes_for, retarget
+
+    attention = "plugin" if tensorrt_backend.load_tensorrt().holds_plugins else "decomposed"
+    library = plugin_library.trt_plugin_library() if attention == "plugin" else None
+    proto = retarget(portable_op_model(shape.dim, {"causal": int(shape.causal)}),
+                     passes_for("tensorrt", attention, precision))
+    sizes = {"B": shape.batch, "H": shape.heads, "Nq": shape.n, "Nk": shape.n}
+    return proto, {name: (n, n, n) for name, n in sizes.items()}, library
+
+
+def _tensorrt(precision: str) -> Callable[[Shape], Runner]:
+    """Our op as a TensorRT engine built for the shape on this GPU (op_engine_source); timed through Polygraphy's
+    runner on device tensors, its per-call Python work included."""
+    def make(shape: Shape) -> Runner:
+        infer = _engine_inference(*op_engine_source(shape, precision))
+        return lambda feeds: infer(feeds)["out"]
+    return make
+
+
 def _tensor_bytes(shape: Shape, per_pair: int, itemsize: int = 4) -> int:
     return shape.batch * shape.heads * shape.n * shape.n * per_pair * itemsize
 
@@ -158,13 +218,17 @@ IMPLEMENTATIONS = {
                        max_error=BASELINE_FP16_MAX_ERROR),
         Implementation("cuda-op-fp32", _torch_op, lambda s: 2 * s.input_bytes, ours=True),
         Implementation("cuda-op-fp16", _torch_op, lambda s: s.input_bytes, dtype=torch.float16, ours=True),
+        Implementation("tensorrt-fp32", _tensorrt("fp32"), lambda s: 2 * s.input_bytes, missing=tensorrt_missing),
+        Implementation("tensorrt-fp16", _tensorrt("fp16"), lambda s: s.input_bytes, dtype=torch.float16,
+                       missing=tensorrt_missing),
         Implementation("sdpa-fp32 (softmax)", _sdpa, lambda s: 3 * _tensor_bytes(s, 1), is_fourier=False),
         Implementation("sdpa-fp16 (softmax)", _sdpa, lambda s: 3 * _tensor_bytes(s, 1, 2), is_fourier=False,
                        dtype=torch.float16),
     ),
 }
 """Per device; sdpa is PyTorch's softmax attention at the same shape, what Fourier attention replaces. The torch
-op runs our CPU kernel on the CPU and our CUDA kernel on a GPU (export/torch_op.py)."""
+op runs our CPU kernel on the CPU and our CUDA kernel on a GPU (export/torch_op.py); the TensorRT engines run our
+CUDA kernel in our plugin (tensorrt), or the op decomposed into standard layers (tensorrt_rtx)."""
 
 
 def check_device(device: str) -> None:
@@ -228,6 +292,8 @@ def _peak(device: str) -> int:
 
 def bench_one(impl: Implementation, shape: Shape, repeats: int, warmup: int, device: str = "cpu") -> Result:
     """Check ``impl`` against the float64 oracle, then time it over rotating input sets."""
+    if impl.missing is not None and (missing := impl.missing()) is not None:
+        return Result(impl.name, shape, skipped=missing)
     need = impl.memory_bytes(shape)
     if need > available_bytes(device) // 2:
         return Result(impl.name, shape, skipped=f"needs ~{need / 2**30:.1f} GiB, more than half the free memory")
@@ -295,7 +361,7 @@ def cpu_roofline() -> dict[str, float]:
             "pair_dims_per_second": lanes * fp_ports * mhz * 1e6 * cores / ops_per_pair_dim}
 
 
-CUDA_INSTRUCTIONS_PER_PAIR_DIM = 15.26
+CUDA_INSTRUCTIONS_PER_PAIR_DIM = 14.28
 """Thread instructions the CUDA kernel issues per pair-dim (bucket 64, sm_90 SASS: scripts/sass_op_count.py;
 plugins/cuda/ROOFLINE.md). Recount when the kernel changes."""
 
@@ -407,6 +473,8 @@ class ModelResult:
     device: str
     seconds: dict[str, float] = field(default_factory=dict)
     errors: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Variants this machine cannot run, with what it lacks."""
 
 
 def _no_grad(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -420,9 +488,29 @@ Variant = tuple[Callable[..., torch.Tensor], torch.dtype, float]
 """A model variant: runner taking the model's named inputs, the dtype of its float inputs, its check bound."""
 
 
-def _model_variants(model: torch.nn.Module, config: ModelConfig, device: str,
-                    example: dict[str, torch.Tensor]) -> dict[str, Variant]:
-    """The variants timed against eager float32 on ``device``, by name."""
+def _tensorrt_model(case: ModelCase) -> Callable[..., torch.Tensor]:
+    """The model as a float16 TensorRT engine for the case's batch (and sequence length), built as build-engine
+    builds it (our plugin with tensorrt, attention decomposed with tensorrt_rtx), run on device tensors."""
+    from export.build import BuildOptions, build_engine
+    from export.runtime import open_artifact
+
+    shapes = {"batch": (case.batch,) * 3, **({"seq": (case.seq,) * 3} if case.seq else {})}
+    with tempfile.TemporaryDirectory() as tmp:
+        build_engine(BuildOptions(case.model, Path(tmp) / "engine", backend="tensorrt", precision="fp16",
+                                  seed=0, shapes=shapes))  # the weights bench_model's eager model has
+        manifest, runner = open_artifact(Path(tmp) / "engine")
+    infer = _device_inference(runner)
+    dtypes = {t.name: torch.from_numpy(np.empty(0, np.dtype(t.dtype))).dtype for t in manifest.inputs}
+    output = manifest.outputs[0].name
+
+    def run(**inputs: torch.Tensor) -> torch.Tensor:
+        return infer({name: value.to(dtypes[name]) for name, value in inputs.items()})[output]
+    return run
+
+
+def _model_variants(model: torch.nn.Module, config: ModelConfig, case: ModelCase, device: str,
+                    example: dict[str, torch.Tensor]) -> dict[str, Variant | str]:
+    """The variants timed against eager float32 on ``device``, by name; what is missing for those that cannot run."""
     from export.build import passes_for, retarget
     from export.onnx_export import export_onnx
     from export.torch_op import fuse
@@ -438,9 +526,11 @@ def _model_variants(model: torch.nn.Module, config: ModelConfig, device: str,
         return {"onnxruntime (our op)": (onnxruntime, torch.float32, bound),
                 "torch + our op": (_no_grad(fused), torch.float32, bound)}
     half_example = {k: (v.half() if v.is_floating_point() else v) for k, v in example.items()}
+    missing = tensorrt_missing()
     return {"eager fp16": (_no_grad(copy.deepcopy(model).half()), torch.float16, BASELINE_FP16_MAX_ERROR),
             "our op fp16 + CUDA graph": (_graphed(fused.half(), half_example), torch.float16,
-                                         MAX_NORM_ERROR[torch.float16])}
+                                         MAX_NORM_ERROR[torch.float16]),
+            "tensorrt fp16": missing or (_tensorrt_model(case), torch.float16, MAX_NORM_ERROR[torch.float16])}
 
 
 def _graphed(fn: Callable[..., torch.Tensor], example: dict[str, torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -468,7 +558,8 @@ def bench_model(case: ModelCase, repeats: int = 3, warmup: int = 1, device: str 
     """Time the eager float32 model and its variants (our kernels) on the same inputs, each checked first.
 
     CPU: the ONNX Runtime build (FourierAttention as our op) and the PyTorch model with our op (fuse()).
-    CUDA: eager float16, and the fused model in float16 with our CUDA kernel, replayed from a CUDA graph.
+    CUDA: eager float16, the fused model in float16 with our CUDA kernel replayed from a CUDA graph, and a float16
+    TensorRT engine where a TensorRT runtime exists (else reported as skipped, with what is missing).
     """
     from export.build import load_model
     from fourierformer.models import example_inputs
@@ -479,11 +570,16 @@ def bench_model(case: ModelCase, repeats: int = 3, warmup: int = 1, device: str 
     sets = [{k: v.to(device) for k, v in example_inputs(config, case.batch, case.seq, seed).items()}
             for seed in range(2)]
     eager = _no_grad(model)
-    variants = _model_variants(model, config, device, sets[0])
+    variants = _model_variants(model, config, case, device, sets[0])
     result = ModelResult(case, device)
     expected = eager(**sets[0]).double().cpu().numpy()
     result.seconds["eager fp32"] = _median_seconds(lambda feeds: eager(**feeds), sets, repeats, warmup, device)
-    for name, (run, dtype, bound) in variants.items():
+    for name, variant in variants.items():
+        if isinstance(variant, str):
+            result.skipped[name] = variant
+            log.info("%s batch %d: %s skipped: %s", case.model, case.batch, name, variant)
+            continue
+        run, dtype, bound = variant
         typed = [{k: (v.to(dtype) if v.is_floating_point() else v) for k, v in feeds.items()} for feeds in sets]
         error = error_stats("logits", run(**typed[0]).double().cpu().numpy(), expected).norm_rel
         if not error <= bound:
@@ -505,4 +601,7 @@ def models_markdown(results: list[ModelResult]) -> str:
             error = f"{r.errors[name]:.1e}" if name in r.errors else "-"
             rows.append(f"| {r.case.model} | {r.case.batch} | {r.case.seq or '-'} | {r.device} | {name} | "
                         f"{seconds * 1e3:.2f} | {base / seconds:.1f}x | {error} |")
+        for name, why in r.skipped.items():
+            rows.append(f"| {r.case.model} | {r.case.batch} | {r.case.seq or '-'} | {r.device} | {name} | "
+                        f"skipped: {why} | | |")
     return "\n".join(rows)

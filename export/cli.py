@@ -290,10 +290,12 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time the FourierAttention implementations (CPU or GPU)",
                        description="Each implementation is first checked against a float64 oracle, then timed: "
                                    "median of --repeats runs after --warmup runs, over rotating inputs (CUDA events "
-                                   "on a GPU); implementations that cannot fit in memory are skipped. cpu: eager "
-                                   "PyTorch float32, our ONNX Runtime op, our PyTorch op (the CPU kernel); cuda: "
-                                   "eager float32/float16 and our CUDA kernel in float32/float16. PyTorch's softmax "
-                                   "scaled_dot_product_attention is timed at the same shape as the cost reference.")
+                                   "on a GPU); implementations that cannot fit in memory, or whose runtime is "
+                                   "missing, are reported skipped with the reason. cpu: eager PyTorch float32, our "
+                                   "ONNX Runtime op, our PyTorch op (the CPU kernel); cuda: eager float32/float16, "
+                                   "our CUDA kernel in float32/float16, TensorRT engines of the op in float32/float16 "
+                                   "(needs tensorrt or tensorrt-rtx). PyTorch's softmax scaled_dot_product_attention "
+                                   "is timed at the same shape as the cost reference.")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
     p.add_argument("--sizes", type=_shape, nargs="+", metavar="B,H,N,D",
                    help="problem sizes, Nq = Nk = N (default B,H,N,64 for N in 256 1024 4096 16384, with B,H = "
@@ -301,7 +303,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--causal", action="store_true", help="also time the causal variant")
     p.add_argument("--models", action="store_true",
                    help="model level instead: DeiT-tiny batch 1 and 64, lm-small context 256; eager float32 vs "
-                        "our op (cpu: ONNX Runtime and PyTorch; cuda: float16 with a CUDA graph)")
+                        "our op (cpu: ONNX Runtime and PyTorch; cuda: float16 with a CUDA graph, and a float16 "
+                        "TensorRT engine)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per implementation (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--out", type=Path, help="also write DIR/bench.json, bench.md and bench.png")

@@ -27,6 +27,24 @@ def ort_op_model(attributes: dict[str, float | int], dtype: np.typing.DTypeLike 
     return model
 
 
+def portable_op_model(dim: int, attributes: dict[str, float | int], dtype: np.typing.DTypeLike = np.float32,
+                      ) -> onnx.ModelProto:
+    """One FourierAttention node in the exporter's portable form (what every graph pass takes): inputs q, k, v of
+    shape [B, H, Nq or Nk, dim] with dynamic B, H, Nq, Nk, R a float32 constant input, output out."""
+    attrs = opspec.check_attributes(attributes)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    dims = {"q": ["B", "H", "Nq", dim], "k": ["B", "H", "Nk", dim], "v": ["B", "H", "Nk", dim]}
+    inputs = [helper.make_tensor_value_info(n, elem, d) for n, d in dims.items()]
+    output = helper.make_tensor_value_info("out", elem, dims["q"])
+    r = helper.make_tensor("R", onnx.TensorProto.FLOAT, [], [attrs.pop("R")])
+    node = helper.make_node(opspec.OP_TYPE, [*dims, "R"], ["out"], domain=opspec.DOMAIN, **attrs)
+    graph = helper.make_graph([node], "fourier_attention", inputs, [output], initializer=[r])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid(opspec.DOMAIN, opspec.VERSION)])
+    model.ir_version = IR_VERSION
+    return model
+
+
 def attention_inputs(b: int, h: int, nq: int, nk: int, d: int, R: float, seed: int = 0, spread: float = 1.0,
                      shift: float = 0.0) -> dict[str, np.ndarray]:
     """Random float32 q, k, v with R*(q-k) of typical size spread/sqrt(d), so weights neither vanish nor saturate.

@@ -5,7 +5,9 @@ Compiles plugins/cuda/fourier_attention_cuda.cu for one architecture (default sm
 nvdisasm, and analyses the phase-1 chunk loop of one attention kernel instance (default: dim bucket 64, R folded),
 the loop that stages one chunk of the sin/cos table and computes 16 dims x a 4 x 4 micro-tile = 256 pair-dims per
 thread per iteration. Its code runs once per iteration; loops nested in it (none in the current kernel) are rare
-paths, listed and left out. The P V loop is counted per FFMA (one per pair and output dim). The result is the
+paths, listed and left out. The loop around it (the division and log of the products) runs once per
+kChunksPerLog chunk iterations (read from the kernel header). The P V loop is counted per FFMA (one per pair and
+output dim). The result is the
 thread-instruction count per pair-dim that the issue roofline in plugins/cuda/ROOFLINE.md divides by. Not counted:
 the table kernel (one sincos per row and dim of q and k: 2/N of the pair-dims) and per-key-tile work outside the
 chunk loop (softmax statistics: per pair, not per pair-dim).
@@ -27,6 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PAIR_DIMS_PER_ITERATION = 16 * 16
+KERNEL_HEADER = REPO / "plugins/cuda/fourier_attention_kernel.cuh"
 INSTRUCTION = re.compile(r"/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
 LABEL = re.compile(r"^\s*\.(L_x_\d+):")
 
@@ -90,15 +93,22 @@ def main() -> int:
     chunk = max(found, key=lambda r: own_multiplies(ops, r, found))
     rare = [r for r in found if chunk[0] <= r[0] and r[1] < chunk[1] and r != chunk]
     body = set(range(chunk[0], chunk[1] + 1)) - {i for r in rare for i in range(r[0], r[1] + 1)}
+    chunks_per_log = int(re.search(r"kChunksPerLog = (\d+);", KERNEL_HEADER.read_text()).group(1))
+    outer = min((r for r in found if r[0] <= chunk[0] and chunk[1] <= r[1] and r != chunk), key=lambda r: r[1] - r[0])
+    around = set(range(outer[0], outer[1] + 1)) - set(range(chunk[0], chunk[1] + 1))
     phase1 = histogram(ops, body)
-    # phase 2 (P V): the loop outside the chunk loop richest in FFMA; one FFMA per pair and output dim
-    pv = max((r for r in found if r[1] < chunk[0] or r[0] > chunk[1]),
+    per_log = histogram(ops, around)
+    # phase 2 (P V): the loop outside the chunk loop's enclosing loop richest in FFMA; one FFMA per pair and dim
+    pv = max((r for r in found if r[1] < outer[0] or r[0] > outer[1]),
              key=lambda r: sum(op.startswith("FFMA") for op in ops[r[0]:r[1] + 1]))
     pv_per = (pv[1] - pv[0] + 1) / sum(op.startswith("FFMA") for op in ops[pv[0]:pv[1] + 1])
     per_chunk = sum(phase1.values()) / PAIR_DIMS_PER_ITERATION
-    print(f"{args.arch} {args.instance}: chunk loop {chunk} (rare paths left out: {rare}), P V loop {pv}")
-    print(f"per pair-dim: chunk loop (staging, pair-dim block, log/div, control) {per_chunk:.2f}, P V {pv_per:.2f}; "
-          f"total {per_chunk + pv_per:.2f} thread instructions")
+    per_around = sum(per_log.values()) / (PAIR_DIMS_PER_ITERATION * chunks_per_log)
+    print(f"{args.arch} {args.instance}: chunk loop {chunk} (rare paths left out: {rare}), around it {outer} "
+          f"(once per {chunks_per_log} chunks), P V loop {pv}")
+    print(f"per pair-dim: chunk loop (staging, pair-dim block, control) {per_chunk:.2f}, around it (division, log, "
+          f"control) {per_around:.2f}, P V {pv_per:.2f}; total {per_chunk + per_around + pv_per:.2f} "
+          "thread instructions")
     print("chunk loop by opcode (per pair-dim):")
     for op, n in phase1.most_common(16):
         print(f"  {op:8s} {n / PAIR_DIMS_PER_ITERATION:6.2f}")

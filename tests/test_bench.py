@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import onnx
 import pytest
 import torch
 
-from export import bench
+from export import bench, tensorrt_backend
 from export.cli import EXIT_OK, main
 
 
@@ -33,6 +34,44 @@ def test_bench_skips_what_cannot_fit_in_memory():
     huge = bench.Implementation("huge", lambda shape: pytest.fail("must not run"), lambda s: 1 << 60)
     result = bench.bench_one(huge, bench.Shape(1, 1, 16, 4), repeats=1, warmup=0)
     assert result.seconds is None and "free memory" in result.skipped
+
+
+def test_tensorrt_rows_name_what_is_missing():
+    """Where no TensorRT runtime or no GPU is present, the TensorRT rows are reported skipped, with the reason."""
+    trt = [impl for impl in bench.IMPLEMENTATIONS["cuda"] if impl.name.startswith("tensorrt")]
+    assert [impl.name for impl in trt] == ["tensorrt-fp32", "tensorrt-fp16"]
+    missing = bench.tensorrt_missing()
+    if missing is None:
+        pytest.skip("this machine can run TensorRT engines: test_tensorrt_engines_are_checked_and_timed runs them")
+    assert "TensorRT" in missing or "GPU" in missing
+    for impl in trt:
+        result = bench.bench_one(impl, bench.Shape(1, 1, 16, 4), repeats=1, warmup=0)
+        assert result.seconds is None and result.skipped == missing
+    skipped = bench.ModelResult(bench.ModelCase("tiny-vit", 2), "cuda", {"eager fp32": 0.5},
+                                skipped={"tensorrt fp16": missing})
+    assert f"| tiny-vit | 2 | - | cuda | tensorrt fp16 | skipped: {missing} |" in bench.models_markdown([skipped])
+
+
+@pytest.mark.skipif(tensorrt_backend.installed_flavour() != "tensorrt_rtx",
+                    reason="needs tensorrt_rtx (builds engines without a GPU)")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_op_engine_builds_ahead_of_time(precision, tmp_path):
+    """The TensorRT rows' engine source (op model, passes, profile) builds with TensorRT-RTX for an sm_86 GPU."""
+    proto, profiles, library = bench.op_engine_source(bench.Shape(1, 2, 70, 24, causal=True), precision)
+    assert library is None and {n.domain or "" for n in proto.graph.node} == {""}
+    onnx.save(proto, tmp_path / "op.onnx")
+    tensorrt_backend.build_engine(tmp_path / "op.onnx", tmp_path / "op.engine", profiles, [86], None, None)
+    assert (tmp_path / "op.engine").stat().st_size > 0
+
+
+@pytest.mark.skipif(bench.tensorrt_missing() is not None, reason=f"{bench.tensorrt_missing()}")
+def test_tensorrt_engines_are_checked_and_timed():
+    trt = tuple(i for i in bench.IMPLEMENTATIONS["cuda"] if i.name.startswith("tensorrt"))
+    results = bench.bench([bench.Shape(1, 2, 70, 24, causal=True)], repeats=2, warmup=1, device="cuda",
+                          implementations=trt)
+    assert all(r.seconds > 0 and r.error_vs_fp64 is not None for r in results)
+    model = bench.bench_model(bench.ModelCase("tiny-vit", 2), repeats=1, warmup=0, device="cuda")
+    assert model.seconds["tensorrt fp16"] > 0 and not model.skipped
 
 
 def test_causal_pair_dims_count_visible_pairs():

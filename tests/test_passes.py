@@ -10,7 +10,7 @@ import torch
 
 from export.build import passes_for, retarget
 from export.onnx_export import export_onnx
-from export.op_model import IR_VERSION
+from export.op_model import IR_VERSION, portable_op_model
 from export.passes import cleanup, decompose, to_fp16, to_onnxruntime, to_tensorrt
 from export.passes.custom_op import fourier_nodes
 from fourierformer import opspec
@@ -129,17 +129,6 @@ def test_to_tensorrt_names_the_plugin(lm_export):
     assert sorted(n.attrs["R"] for n in nodes) == pytest.approx(sorted(r_values))
 
 
-def _portable_op_graph(nq: int, nk: int, d: int, R: float, power: int, causal: int, dtype=np.float32) -> gs.Graph:
-    """One portable FourierAttention node with constant R, dynamic sizes."""
-    q, k, v = (gs.Variable(n, dtype, ["B", "H", s, d]) for n, s in (("q", "Nq"), ("k", "Nk"), ("v", "Nk")))
-    out = gs.Variable("out", dtype, ["B", "H", "Nq", d])
-    r = gs.Constant("R", np.array(R, np.float32))
-    node = gs.Node(opspec.OP_TYPE, "fa", {"power": power, "eps": 1e-6, "causal": causal}, [q, k, v, r], [out],
-                   domain=opspec.DOMAIN)
-    return gs.Graph([node], [q, k, v], [out], opset=18, ir_version=IR_VERSION,
-                    import_domains=[onnx.helper.make_opsetid(opspec.DOMAIN, opspec.VERSION)])
-
-
 @pytest.mark.parametrize("nq, nk, d, R, power, causal", [
     (1, 1, 1, 1.0, 4, 0), (5, 9, 3, 0.1, 2, 1), (9, 5, 17, 10.0, 8, 1), (16, 16, 64, 1.0, 4, 1),
 ])
@@ -151,7 +140,7 @@ def test_decompose_matches_custom_op_and_oracle(op_session, nq, nk, d, R, power,
     inputs = attention_inputs(2, 2, nq, nk, d, R=R, seed=nq * nk, spread=1.5 / np.sqrt(power))
     reference, min_row_sum = oracle(inputs, R, power, 1e-6, causal)
     assert_not_vacuous(min_row_sum, 1e-6)
-    graph = decompose(_portable_op_graph(nq, nk, d, R, power, causal))
+    graph = decompose(gs.import_onnx(portable_op_model(d, {"R": R, "power": power, "causal": causal})))
     assert {n.domain or "" for n in graph.nodes} == {""}
     decomposed = ort_session(gs.export_onnx(graph).SerializeToString(), None).run(None, inputs)[0]
     custom = op_session(R=R, power=power, causal=causal).run(None, inputs)[0]

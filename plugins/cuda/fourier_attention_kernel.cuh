@@ -13,7 +13,7 @@
 //   fourier_attention_kernel: one block of 256 threads owns a tile of BQ = 64 queries of one (batch, head)
 //     and streams the visible keys in tiles of BK = 64 (causal: tiles wholly above the diagonal are never
 //     visited). Per key tile:
-//   phase 1 (log-weights; ~12 FP32 ops per pair and dim): dims are processed in chunks of DC = 16.
+//   phase 1 (log-weights; 11 FP32 instructions per pair and dim): dims are processed in chunks of DC = 16.
 //     For each chunk the block copies, from the table, (q', sin Rq / R', cos Rq / R') of its 64 queries and
 //     (k', sin Rk, cos Rk) of the 64 keys into shared memory, layout [3][DC][64 + 4]. Each thread owns a
 //     4 x 4 micro-tile of (query, key) pairs (tq = tid / 16, tk = tid % 16) and for every dim computes
@@ -21,7 +21,8 @@
 //        u < thr (|x| < 1): num *= 1 + c1' u + c2' u^2 + c3' u^3 (accurate sinc, no cancellation), den *= 1
 //        else:              num *= S,                                                                den *= d
 //     (q' = q 2^m, k' = k 2^m exactly, with R' = R 2^-m in [1/sqrt2, sqrt2): num/den = sinc(R(q-k)));
-//     then one IEEE division and one logf per pair and chunk: Lacc += log|num/den|.
+//     then, every kChunksPerLog = 2 chunks (32 dims), one IEEE division and one logf per pair:
+//     Lacc += log|num/den| (the range argument is at the loop).
 //     Padded dims (>= dim) have q' = k' = 0, hence u = 0 and factors exactly 1.
 //   softmax statistics: L = power * Lacc, masked to -inf (j >= nk, causal); per query row the tile
 //     maximum over the 16 threads of a half-warp (shuffles), running max m, alpha = e^{m_old - m_new},
@@ -52,7 +53,8 @@ namespace ff_cuda {
 constexpr int kThreads = 256;
 constexpr int kBQ = 64;       // queries per block
 constexpr int kBK = 64;       // keys per tile
-constexpr int kDC = 16;       // dims per chunk (one division + one log per pair and chunk)
+constexpr int kDC = 16;       // dims per chunk (staged in shared memory at a time)
+constexpr int kChunksPerLog = 2;  // chunks per division and log of the products (32 dims)
 constexpr int kPad = 4;       // row padding (floats) of the shared tiles; keeps float4 alignment
 constexpr int kRowStride = kBQ + kPad;                 // == kBK + kPad
 constexpr int kQKPlane = kDC * kRowStride;             // one of (x, sin, cos) for one side
@@ -272,43 +274,51 @@ __global__ void __launch_bounds__(kThreads, DB <= 64 ? 2 : 1) fourier_attention_
       for (int j = 0; j < 4; ++j) lacc[i][j] = 0.0f;
 
     // ---- phase 1: log-weights of the 64 x 64 tile --------------------------------------------
-    for (int ch = 0; ch < nchunks; ++ch) {
-      stage_chunk(stage_dst, q_stage + ch * (3 * kDC) * a.q_rows, kDC * a.q_rows);
-      stage_chunk(stage_dst + 3 * kQKPlane, k_stage + k0 + ch * (3 * kDC) * a.k_rows, kDC * a.k_rows);
-      __syncthreads();
+    for (int c0 = 0; c0 < nchunks; c0 += kChunksPerLog) {
+      // Products of the sinc factors' numerators and denominators over kChunksPerLog chunks (32 dims), then one
+      // division and one log. Range: |num| <= 2^16 (fold: |S / R'| <= sqrt2; no fold: |S| <= 1) and
+      // |den| >= 2^-16 (the large-|x| path has |d| >= 1/R' > 1/sqrt2, no fold: >= 1), so den overflowing or
+      // num underflowing means |num / den| < 2^-110: such a pair's weight (< 2^-220) becomes 0 or inexact.
       float pn[4][4], pd[4][4];
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j) { pn[i][j] = 1.0f; pd[i][j] = 1.0f; }
+      const int c_end = c0 + kChunksPerLog < nchunks ? c0 + kChunksPerLog : nchunks;
+#pragma unroll 1
+      for (int ch = c0; ch < c_end; ++ch) {
+        stage_chunk(stage_dst, q_stage + ch * (3 * kDC) * a.q_rows, kDC * a.q_rows);
+        stage_chunk(stage_dst + 3 * kQKPlane, k_stage + k0 + ch * (3 * kDC) * a.k_rows, kDC * a.k_rows);
+        __syncthreads();
 #pragma unroll
-      for (int dd = 0; dd < kDC; ++dd) {
-        const float* qrow = qs_buf + dd * kRowStride + tq * 4;
-        const float* krow = ks_buf + dd * kRowStride + tk * 4;
-        const float4 qx = ld4(qrow), qsn = ld4(qrow + kQKPlane), qcs = ld4(qrow + 2 * kQKPlane);
-        const float4 kx = ld4(krow), ksn = ld4(krow + kQKPlane), kcs = ld4(krow + 2 * kQKPlane);
+        for (int dd = 0; dd < kDC; ++dd) {
+          const float* qrow = qs_buf + dd * kRowStride + tq * 4;
+          const float* krow = ks_buf + dd * kRowStride + tk * 4;
+          const float4 qx = ld4(qrow), qsn = ld4(qrow + kQKPlane), qcs = ld4(qrow + 2 * kQKPlane);
+          const float4 kx = ld4(krow), ksn = ld4(krow + kQKPlane), kcs = ld4(krow + 2 * kQKPlane);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+          for (int i = 0; i < 4; ++i) {
 #pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            float d = get(qx, i) - get(kx, j);
-            if (!FOLD) d *= a.rmul;
-            const float u = d * d;
-            const float S = fmaf(get(qsn, i), get(kcs, j), -(get(qcs, i) * get(ksn, j)));
-            float t = fmaf(a.c3, u, a.c2);
-            t = fmaf(t, u, a.c1);
-            t = fmaf(t, u, 1.0f);
-            const bool small = u < a.thr;
-            pn[i][j] *= small ? t : S;
-            pd[i][j] *= small ? 1.0f : d;
+            for (int j = 0; j < 4; ++j) {
+              float d = get(qx, i) - get(kx, j);
+              if (!FOLD) d *= a.rmul;
+              const float u = d * d;
+              const float S = fmaf(get(qsn, i), get(kcs, j), -(get(qcs, i) * get(ksn, j)));
+              float t = fmaf(a.c3, u, a.c2);
+              t = fmaf(t, u, a.c1);
+              t = fmaf(t, u, 1.0f);
+              const bool small = u < a.thr;
+              pn[i][j] *= small ? t : S;
+              pd[i][j] *= small ? 1.0f : d;
+            }
           }
         }
+        __syncthreads();  // the next chunk (or the v chunk) overwrites s_qk
       }
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j) lacc[i][j] += logf(fabsf(pn[i][j] / pd[i][j]));
-      __syncthreads();  // the next chunk (or the v chunk) overwrites s_qk
     }
 
     // ---- online softmax statistics ----------------------------------------------------------
