@@ -128,6 +128,44 @@ def test_bad_input_fails_run_with_message(ort_library, change, message):
         ort_session(model.SerializeToString(), ort_library).run(None, inputs)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=str)
+def test_output_shape_is_inferred_when_the_session_loads(ort_library, dtype):
+    """The op's shape inference gives out q's shape, symbolic dims included, where the model declares none."""
+    model = ort_op_model({}, dtype)
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    inferred = ort_session(model.SerializeToString(), ort_library).get_outputs()[0]
+    assert inferred.shape == ["B", "H", "Nq", "D"]
+    assert inferred.type == ("tensor(float)" if dtype == np.float32 else "tensor(float16)")
+
+
+def _declared(shapes: dict[str, list[int]]) -> onnx.ModelProto:
+    """The op model with these static input shapes and no declared output shape."""
+    model = ort_op_model({})
+    for value in model.graph.input:
+        value.type.tensor_type.shape.Clear()
+        for size in shapes[value.name]:
+            value.type.tensor_type.shape.dim.add().dim_value = size
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    return model
+
+
+def test_static_output_shape_is_inferred(ort_library):
+    model = _declared({"q": [1, 2, 5, 8], "k": [1, 2, 7, 8], "v": [1, 2, 7, 8]})
+    assert ort_session(model.SerializeToString(), ort_library).get_outputs()[0].shape == [1, 2, 5, 8]
+
+
+@pytest.mark.parametrize("shapes, message", [
+    ({"q": [1, 2, 5, 8], "k": [1, 2, 7, 9], "v": [1, 2, 7, 9]}, "q and k disagree on D"),
+    ({"q": [1, 2, 5, 8], "k": [1, 2, 7, 8], "v": [1, 2, 6, 8]}, "same Nk"),
+], ids=["D", "Nk"])
+def test_impossible_declared_shapes_infer_nothing_and_fail_at_run(ort_library, shapes, message):
+    """ONNX Runtime ignores errors of shape inference: nothing is inferred, and the run names the problem."""
+    session = ort_session(_declared(shapes).SerializeToString(), ort_library)
+    assert session.get_outputs()[0].shape == []
+    feeds = {name: np.ones(shape, np.float32) for name, shape in shapes.items()}
+    with pytest.raises(Exception, match=message):
+        session.run(None, feeds)
+
 
 @pytest.mark.parametrize("causal", [0, 1])
 def test_float16_inputs_computed_in_float32(op_session, causal):

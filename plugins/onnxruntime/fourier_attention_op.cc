@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <exception>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <string>
@@ -75,10 +76,36 @@ struct Attrs {
   int32_t causal;
 };
 
+// A shape as text; unknown (symbolic) dims, stored as -1, print as "?".
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? "," : "") + std::to_string(s[i]);
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? "," : "") + (s[i] < 0 ? std::string("?") : std::to_string(s[i]));
   return r + "]";
+}
+
+// What is wrong with the shapes of q, k, v (empty if nothing): rank 4 each, one B, H, D, one Nk for k and v.
+// Negative dims are unknown (at graph load) and match anything.
+std::string shape_problem(const std::vector<int64_t> (&shp)[3]) {
+  const char* names[3] = {fs::kInputQ, fs::kInputK, fs::kInputV};
+  for (int i = 0; i < 3; ++i) {
+    if (shp[i].size() != 4)
+      return std::string("FourierAttention: ") + names[i] + " must have rank 4 [B,H," + (i == 0 ? "Nq" : "Nk") +
+             ",D], got rank " + std::to_string(shp[i].size()) + " " + shape_str(shp[i]);
+  }
+  const auto &qs = shp[0], &ks = shp[1], &vs = shp[2];
+  const auto differ = [](int64_t a, int64_t b) { return a >= 0 && b >= 0 && a != b; };
+  static const char* dim_names[4] = {"B (dim 0)", "H (dim 1)", "N (dim 2)", "D (dim 3)"};
+  for (int ax : {0, 1, 3}) {
+    if (differ(ks[ax], qs[ax]))
+      return std::string("FourierAttention: q and k disagree on ") + dim_names[ax] + ": q " + shape_str(qs) +
+             ", k " + shape_str(ks);
+    if (differ(vs[ax], qs[ax]))
+      return std::string("FourierAttention: q and v disagree on ") + dim_names[ax] + ": q " + shape_str(qs) +
+             ", v " + shape_str(vs);
+  }
+  if (differ(vs[2], ks[2]))
+    return "FourierAttention: k and v must have the same Nk (dim 2): k " + shape_str(ks) + ", v " + shape_str(vs);
+  return {};
 }
 
 struct AlignedBuffer {
@@ -149,28 +176,10 @@ struct FourierAttentionKernel {
         return make_status(api_, ORT_INVALID_ARGUMENT,
                            std::string("FourierAttention: input ") + names[i] + " must be a tensor");
       shp[i] = in[i].GetTensorTypeAndShapeInfo().GetShape();
-      if (shp[i].size() != 4)
-        return make_status(api_, ORT_INVALID_ARGUMENT,
-                           std::string("FourierAttention: ") + names[i] + " must have rank 4 [B,H," +
-                               (i == 0 ? "Nq" : "Nk") + ",D], got rank " +
-                               std::to_string(shp[i].size()) + " " + shape_str(shp[i]));
     }
-    const auto &qs = shp[0], &ks = shp[1], &vs = shp[2];
-    static const char* dim_names[4] = {"B (dim 0)", "H (dim 1)", "N (dim 2)", "D (dim 3)"};
-    for (int ax : {0, 1, 3}) {
-      if (ks[ax] != qs[ax])
-        return make_status(api_, ORT_INVALID_ARGUMENT,
-                           std::string("FourierAttention: q and k disagree on ") + dim_names[ax] +
-                               ": q " + shape_str(qs) + ", k " + shape_str(ks));
-      if (vs[ax] != qs[ax])
-        return make_status(api_, ORT_INVALID_ARGUMENT,
-                           std::string("FourierAttention: q and v disagree on ") + dim_names[ax] +
-                               ": q " + shape_str(qs) + ", v " + shape_str(vs));
-    }
-    if (vs[2] != ks[2])
-      return make_status(api_, ORT_INVALID_ARGUMENT,
-                         "FourierAttention: k and v must have the same Nk (dim 2): k " +
-                             shape_str(ks) + ", v " + shape_str(vs));
+    if (const std::string problem = shape_problem(shp); !problem.empty())
+      return make_status(api_, ORT_INVALID_ARGUMENT, problem);
+    const auto &qs = shp[0], &ks = shp[1];
 
     ff_params p;
     p.batch = qs[0];
@@ -251,6 +260,53 @@ struct FourierAttentionOp : Ort::CustomOpBase<FourierAttentionOp<T>, FourierAtte
     } catch (...) {
       return make_status(api, ORT_FAIL, "FourierAttention: unknown error creating the kernel");
     }
+  }
+
+  FourierAttentionOp() { OrtCustomOp::InferOutputShapeFn = &InferShape; }
+
+  // Graph-load shape inference (ONNX Runtime >= 1.17): out gets q's type and shape, symbolic dims kept, when the
+  // shapes of q, k, v can work; else nothing is inferred and Compute reports the problem when it runs (ONNX
+  // Runtime ignores a status returned from here, so none is). Written against the C API: the C++ wrapper of
+  // these headers marks symbolic output dims with -2, which newer runtimes refuse.
+  static OrtStatusPtr InferShape(const OrtCustomOp*, OrtShapeInferContext* ctx) noexcept {
+    const OrtApi& api = Ort::GetApi();
+    const auto ok = [&api](OrtStatus* st) {
+      if (st != nullptr) api.ReleaseStatus(st);
+      return st == nullptr;
+    };
+    try {
+      size_t count = 0;
+      if (!ok(api.ShapeInferContext_GetInputCount(ctx, &count)) || count != 3) return nullptr;
+      std::vector<int64_t> shp[3];
+      std::vector<const char*> symbols;  // q's symbolic dim names ("" where a dim is a number)
+      ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // q's (one schema serves all T)
+      for (size_t i = 0; i < 3; ++i) {
+        OrtTensorTypeAndShapeInfo* info = nullptr;  // owned by the context
+        size_t rank = 0;
+        if (!ok(api.ShapeInferContext_GetInputTypeShape(ctx, i, &info)) || !ok(api.GetDimensionsCount(info, &rank)) ||
+            rank == 0)
+          return nullptr;  // rank unknown (or a scalar, which Compute reports)
+        shp[i].resize(rank);
+        if (!ok(api.GetDimensions(info, shp[i].data(), rank))) return nullptr;
+        if (i == 0) {
+          symbols.resize(rank);
+          if (!ok(api.GetSymbolicDimensions(info, symbols.data(), rank)) || !ok(api.GetTensorElementType(info, &type)))
+            return nullptr;
+        }
+      }
+      if (!shape_problem(shp).empty()) return nullptr;
+      for (int64_t& dim : shp[0]) dim = dim < 0 ? -1 : dim;
+      OrtTensorTypeAndShapeInfo* out = nullptr;
+      if (!ok(api.CreateTensorTypeAndShapeInfo(&out))) return nullptr;
+      const std::unique_ptr<OrtTensorTypeAndShapeInfo, void (*)(OrtTensorTypeAndShapeInfo*)> owned(
+          out, [](OrtTensorTypeAndShapeInfo* i) { Ort::GetApi().ReleaseTensorTypeAndShapeInfo(i); });
+      ok(api.SetTensorElementType(out, type)) &&
+          ok(api.SetDimensions(out, shp[0].data(), shp[0].size())) &&
+          ok(api.SetSymbolicDimensions(out, symbols.data(), symbols.size())) &&
+          ok(api.ShapeInferContext_SetOutputTypeShape(ctx, 0, out));
+    } catch (...) {  // allocation failure: infer nothing
+    }
+    return nullptr;
   }
 
   const char* GetName() const { return fs::kOpType; }
