@@ -443,13 +443,14 @@ struct Launch {
 constexpr int64_t kMaxTableGrid = FF_CUDA_MAX_TABLE_GRID;
 
 inline int64_t padded_rows(int64_t n) { return (n + kBQ - 1) / kBQ * kBQ; }
+inline int dim_chunks(int64_t dim) { return static_cast<int>((dim + kDC - 1) / kDC); }  // chunks covering dim
 
 // The workspace bytes for p: the table (0 if p is invalid or there is nothing to compute; SIZE_MAX if it
 // would reach 2^62 bytes).
 inline size_t workspace_bytes(const ff_params* p) {
   if (ff_validate_params(p) != nullptr || p->dim < 1 || p->dim > FF_CUDA_MAX_DIM) return 0;
   if (p->batch == 0 || p->heads == 0 || p->nq == 0) return 0;
-  const int nchunks = static_cast<int>((p->dim + kDC - 1) / kDC);
+  const int nchunks = dim_chunks(p->dim);
   const double rows = static_cast<double>(p->nq) + static_cast<double>(p->nk) + 2.0 * kBQ;
   if (static_cast<double>(p->batch) * static_cast<double>(p->heads) * 3.0 * kDC * nchunks * rows * sizeof(float) >=
       0x1p62)
@@ -521,7 +522,7 @@ inline const char* plan_launch(const ff_params* p, ff_dtype dtype, const void* q
   a.bh = bh;
   a.q_rows = padded_rows(p->nq);
   a.k_rows = padded_rows(p->nk);
-  a.nchunks = static_cast<int>((p->dim + kDC - 1) / kDC);
+  a.nchunks = dim_chunks(p->dim);
 
   // Fold R into the inputs by an exact power of two: R' = R 2^-m in [1/sqrt2, sqrt2), q' = q 2^m.
   // sinc(R(q-k)) = (S/R') / (q'-k') with S = sin(Rq)cos(Rk) - cos(Rq)sin(Rk); the small-|x| series
@@ -551,7 +552,7 @@ inline const char* plan_launch(const ff_params* p, ff_dtype dtype, const void* q
   }
   launch->bucket = p->dim <= 32 ? 32 : p->dim <= 64 ? 64 : p->dim <= 128 ? 128 : 256;
   launch->grid = static_cast<unsigned>(bh * nqt);
-  const int64_t table_blocks = bh * ((a.q_rows + a.k_rows) / 64) * a.nchunks;
+  const int64_t table_blocks = bh * ((a.q_rows + a.k_rows) / kBQ) * a.nchunks;
   launch->table_grid = static_cast<unsigned>(table_blocks < kMaxTableGrid ? table_blocks : kMaxTableGrid);
   return nullptr;
 }
