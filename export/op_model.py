@@ -12,19 +12,24 @@ IR_VERSION = 10
 """onnx 1.23 writes IR 14 by default, which ONNX Runtime 1.31 rejects."""
 
 
-def ort_op_model(attributes: dict[str, float | int], dtype: np.typing.DTypeLike = np.float32) -> onnx.ModelProto:
-    """One FourierAttention node in the ONNX Runtime form: inputs q, k, v of rank 4, dynamic sizes, output out."""
-    attrs = opspec.check_attributes(attributes)
+def _op_model(domain: str, version: int, dim: int | str, attrs: dict[str, float | int], dtype: np.typing.DTypeLike,
+              initializers: list[onnx.TensorProto]) -> onnx.ModelProto:
+    """One FourierAttention node in ``domain``: inputs q, k, v [B, H, Nq or Nk, dim] with dynamic B, H, Nq, Nk, then
+    the initializers; output out."""
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    dims = {"q": ["B", "H", "Nq", "D"], "k": ["B", "H", "Nk", "D"], "v": ["B", "H", "Nk", "D"]}
+    dims = {"q": ["B", "H", "Nq", dim], "k": ["B", "H", "Nk", dim], "v": ["B", "H", "Nk", dim]}
     inputs = [helper.make_tensor_value_info(n, elem, d) for n, d in dims.items()]
     output = helper.make_tensor_value_info("out", elem, dims["q"])
-    node = helper.make_node(opspec.OP_TYPE, list(dims), ["out"], domain=opspec.ORT_DOMAIN, **attrs)
-    graph = helper.make_graph([node], "fourier_attention", inputs, [output])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
-                                                    helper.make_opsetid(opspec.ORT_DOMAIN, opspec.ORT_VERSION)])
+    node = helper.make_node(opspec.OP_TYPE, [*dims, *(t.name for t in initializers)], ["out"], domain=domain, **attrs)
+    graph = helper.make_graph([node], "fourier_attention", inputs, [output], initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(domain, version)])
     model.ir_version = IR_VERSION
     return model
+
+
+def ort_op_model(attributes: dict[str, float | int], dtype: np.typing.DTypeLike = np.float32) -> onnx.ModelProto:
+    """One FourierAttention node in the ONNX Runtime form: inputs q, k, v of rank 4, dynamic sizes, output out."""
+    return _op_model(opspec.ORT_DOMAIN, opspec.ORT_VERSION, "D", opspec.check_attributes(attributes), dtype, [])
 
 
 def portable_op_model(dim: int, attributes: dict[str, float | int], dtype: np.typing.DTypeLike = np.float32,
@@ -32,17 +37,8 @@ def portable_op_model(dim: int, attributes: dict[str, float | int], dtype: np.ty
     """One FourierAttention node in the exporter's portable form (what every graph pass takes): inputs q, k, v of
     shape [B, H, Nq or Nk, dim] with dynamic B, H, Nq, Nk, R a float32 constant input, output out."""
     attrs = opspec.check_attributes(attributes)
-    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    dims = {"q": ["B", "H", "Nq", dim], "k": ["B", "H", "Nk", dim], "v": ["B", "H", "Nk", dim]}
-    inputs = [helper.make_tensor_value_info(n, elem, d) for n, d in dims.items()]
-    output = helper.make_tensor_value_info("out", elem, dims["q"])
     r = helper.make_tensor("R", onnx.TensorProto.FLOAT, [], [attrs.pop("R")])
-    node = helper.make_node(opspec.OP_TYPE, [*dims, "R"], ["out"], domain=opspec.DOMAIN, **attrs)
-    graph = helper.make_graph([node], "fourier_attention", inputs, [output], initializer=[r])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
-                                                    helper.make_opsetid(opspec.DOMAIN, opspec.VERSION)])
-    model.ir_version = IR_VERSION
-    return model
+    return _op_model(opspec.DOMAIN, opspec.VERSION, dim, attrs, dtype, [r])
 
 
 def attention_inputs(b: int, h: int, nq: int, nk: int, d: int, R: float, seed: int = 0, spread: float = 1.0,
