@@ -14,6 +14,7 @@ from polygraphy.logger import G_LOGGER
 from export import plugin_library
 from export.op_model import attention_inputs, ort_op_model  # noqa: F401 (attention_inputs: for the tests)
 from export.runtime import ort_session
+from export.validate import error_stats
 from fourierformer import opspec
 from fourierformer.attention import fourier_attention_oracle
 
@@ -58,3 +59,16 @@ def oracle(inputs: dict[str, np.ndarray], R: float, power: int, eps: float, caus
 def assert_not_vacuous(min_row_sum: float, eps: float) -> None:
     """Fail if some row's weights are so small that eps dominates its output."""
     assert min_row_sum >= MIN_ROW_SUM_OVER_EPS * eps, f"vacuous test: min row sum {min_row_sum:.3g} vs eps={eps}"
+
+
+def rounded_parity_error(run, shape: tuple[int, ...], R: float, power: int, causal: int, dtype: torch.dtype,
+                         eps: float, shift: float = 0.0) -> float:
+    """Normwise error of out = run(q, k, v) against the float64 oracle of the inputs rounded to ``dtype`` (after
+    checking the rows are not dominated by eps); out must have q's dtype and shape."""
+    inputs = attention_inputs(*shape, R=R, seed=sum(shape) + power, spread=1.5 / np.sqrt(power), shift=shift)
+    rounded = {k: torch.from_numpy(v).to(dtype) for k, v in inputs.items()}
+    reference, min_row_sum = oracle({k: v.float().numpy() for k, v in rounded.items()}, R, power, eps, causal)
+    assert_not_vacuous(min_row_sum, eps)
+    out = run(*rounded.values())
+    assert out.dtype == dtype and out.shape == rounded["q"].shape
+    return error_stats("out", out.float().cpu().numpy(), reference).norm_rel

@@ -16,15 +16,13 @@ import os
 import re
 import subprocess
 
-import numpy as np
 import pytest
 import torch
-from conftest import assert_not_vacuous, attention_inputs, oracle
+from conftest import attention_inputs, rounded_parity_error
 
 from export import cuda_kernel, plugin_library
 from export.errors import UserError
 from export.kernel_api import DTYPES, Params, params
-from export.validate import error_stats
 
 MISSING = cuda_kernel.available()
 needs_gpu = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
@@ -188,21 +186,16 @@ def kernel(request):
 
 
 def _run(kernel, shape, R, power, causal, dtype, shift=0.0, layout="contiguous"):
-    """Normwise error of the kernel vs the float64 oracle of the inputs rounded to ``dtype``."""
-    inputs = attention_inputs(*shape, R=R, seed=sum(shape) + power, spread=1.5 / np.sqrt(power), shift=shift)
-    rounded = {k: torch.from_numpy(v).to(dtype) for k, v in inputs.items()}
-    reference, min_row_sum = oracle({k: v.float().numpy() for k, v in rounded.items()}, R, power, EPS, causal)
-    assert_not_vacuous(min_row_sum, EPS)
-    q, k, v = rounded.values()
-    if layout == "bnhd":  # [B,N,H,D] storage viewed as [B,H,N,D]: non-contiguous, last dim contiguous
-        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
-    elif layout == "padded":  # rows of a wider buffer: row stride > D
-        q, k, v = (torch.nn.functional.pad(t, (0, 5))[..., :t.shape[-1]] for t in (q, k, v))
-    if layout != "contiguous":
-        assert not q.is_contiguous() or q.shape[1] == 1 or q.shape[-1] == 1
-    out = kernel(q, k, v, R, power, EPS, bool(causal))
-    assert out.dtype == dtype and out.shape == q.shape
-    return error_stats("out", out.float().cpu().numpy(), reference).norm_rel
+    """Normwise error of the kernel vs the float64 oracle of the inputs rounded to ``dtype``, in ``layout``."""
+    def run(q, k, v):
+        if layout == "bnhd":  # [B,N,H,D] storage viewed as [B,H,N,D]: non-contiguous, last dim contiguous
+            q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+        elif layout == "padded":  # rows of a wider buffer: row stride > D
+            q, k, v = (torch.nn.functional.pad(t, (0, 5))[..., :t.shape[-1]] for t in (q, k, v))
+        if layout != "contiguous":
+            assert not q.is_contiguous() or q.shape[1] == 1 or q.shape[-1] == 1
+        return kernel(q, k, v, R, power, EPS, bool(causal))
+    return rounded_parity_error(run, shape, R, power, causal, dtype, EPS, shift)
 
 
 @pytest.mark.parametrize("causal", [0, 1])

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from conftest import assert_not_vacuous, attention_inputs, oracle
+from conftest import attention_inputs, rounded_parity_error
 
 from export import cpu_kernel, cuda_kernel
 from export.torch_op import FusedFourierAttention, fourier_attention, fuse
@@ -23,15 +22,13 @@ needs_gpu = pytest.mark.skipif(GPU_MISSING is not None, reason=GPU_MISSING or ""
 
 
 def _error(shape, R, power, causal, dtype, device) -> float:
-    """Normwise error of the op vs the float64 oracle, after checking the rows are not dominated by eps."""
-    inputs = attention_inputs(*shape, R=R, seed=sum(shape) + power, spread=1.5 / np.sqrt(power))
-    rounded = {k: torch.from_numpy(v).to(dtype) for k, v in inputs.items()}
-    reference, min_row_sum = oracle({k: v.float().numpy() for k, v in rounded.items()}, R, power, EPS, causal)
-    assert_not_vacuous(min_row_sum, EPS)
-    q, k, v = (t.to(device) for t in rounded.values())
-    out = torch.ops.fourierformer.fourier_attention(q, k, v, R, power, EPS, bool(causal))
-    assert out.dtype == dtype and out.shape == q.shape and out.device == q.device
-    return error_stats("out", out.float().cpu().numpy(), reference).norm_rel
+    """Normwise error of the op on ``device`` vs the float64 oracle of the inputs rounded to ``dtype``."""
+    def run(q, k, v):
+        q, k, v = (t.to(device) for t in (q, k, v))
+        out = torch.ops.fourierformer.fourier_attention(q, k, v, R, power, EPS, bool(causal))
+        assert out.device == q.device
+        return out
+    return rounded_parity_error(run, shape, R, power, causal, dtype, EPS)
 
 
 @pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
