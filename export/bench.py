@@ -597,11 +597,9 @@ def models_markdown(results: list[ModelResult]) -> str:
             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         base = r.seconds["eager fp32"]
+        head = f"| {r.case.model} | {r.case.batch} | {r.case.seq or '-'} | {r.device} |"
         for name, seconds in r.seconds.items():
             error = f"{r.errors[name]:.1e}" if name in r.errors else "-"
-            rows.append(f"| {r.case.model} | {r.case.batch} | {r.case.seq or '-'} | {r.device} | {name} | "
-                        f"{seconds * 1e3:.2f} | {base / seconds:.1f}x | {error} |")
-        for name, why in r.skipped.items():
-            rows.append(f"| {r.case.model} | {r.case.batch} | {r.case.seq or '-'} | {r.device} | {name} | "
-                        f"skipped: {why} | | |")
+            rows.append(f"{head} {name} | {seconds * 1e3:.2f} | {base / seconds:.1f}x | {error} |")
+        rows += [f"{head} {name} | skipped: {why} | | |" for name, why in r.skipped.items()]
     return "\n".join(rows)
