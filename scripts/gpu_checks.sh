@@ -47,10 +47,16 @@ tensorrt_info() {
   echo "TensorRT on this machine: $py; $lib"
 }
 
-build_cuda() {
-  cmake -S plugins -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DFF_BUILD_ONNXRUNTIME=OFF -DFF_BUILD_TENSORRT=OFF \
+# cuda_library SOURCES BUILD [TARGET...]: configure the plugins in SOURCES for the CUDA kernel only, build TARGETs
+cuda_library() {
+  local src="$1" build="$2"; shift 2
+  cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DFF_BUILD_ONNXRUNTIME=OFF -DFF_BUILD_TENSORRT=OFF \
     -DFF_BUILD_CUDA=ON -DFF_CUDA_ARCHITECTURES="$FF_CUDA_ARCHITECTURES" &&
-    cmake --build "$BUILD_DIR" --target fourierformer_cuda_shared fourierformer_cuda --parallel "$(nproc)" &&
+    cmake --build "$build" --target "$@" --parallel "$(nproc)"
+}
+
+build_cuda() {
+  cuda_library plugins "$BUILD_DIR" fourierformer_cuda_shared fourierformer_cuda &&
     test -f "$BUILD_DIR/libfourierformer_cuda.so" &&
     nm -D --defined-only "$BUILD_DIR/libfourierformer_cuda.so"
 }
@@ -91,9 +97,10 @@ harness_enqueue() {
       --field causal:INT32=1 --field power:INT32=8 --field R:FLOAT32=0.5
 }
 
-# python with the prebuilt kernel library and any pure-Python packages taken from the carried .venv
+# python with the prebuilt kernel library ($KERNEL_BUILD, default $BUILD_DIR) and any pure-Python packages taken
+# from the carried .venv
 py() {
-  FOURIERFORMER_CUDA_LIBRARY="$BUILD_DIR/libfourierformer_cuda.so" \
+  FOURIERFORMER_CUDA_LIBRARY="${KERNEL_BUILD:-$BUILD_DIR}/libfourierformer_cuda.so" \
     PYTHONPATH="$PWD${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" "$@"
 }
 
@@ -108,12 +115,9 @@ bench_ops() {  # the target shape B=4,H=8,N=1024,D=64, an N sweep and a D sweep,
 }
 
 bench_baseline() {  # the earlier kernel through the same Python and benchmark code
-  cmake -S "$BASELINE_SOURCES/plugins" -B "$BUILD_DIR-baseline" -DCMAKE_BUILD_TYPE=Release -DFF_BUILD_ONNXRUNTIME=OFF \
-    -DFF_BUILD_TENSORRT=OFF -DFF_BUILD_CUDA=ON -DFF_CUDA_ARCHITECTURES="$FF_CUDA_ARCHITECTURES" &&
-    cmake --build "$BUILD_DIR-baseline" --target fourierformer_cuda_shared --parallel "$(nproc)" &&
-    FOURIERFORMER_CUDA_LIBRARY="$BUILD_DIR-baseline/libfourierformer_cuda.so" \
-      PYTHONPATH="$PWD${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m export bench \
-      --device cuda --repeats 20 --warmup 3 --out "$LOGS/bench-cuda-baseline" --sizes 4,8,1024,64
+  cuda_library "$BASELINE_SOURCES/plugins" "$BUILD_DIR-baseline" fourierformer_cuda_shared &&
+    KERNEL_BUILD="$BUILD_DIR-baseline" py -m export bench --device cuda --repeats 20 --warmup 3 \
+      --out "$LOGS/bench-cuda-baseline" --sizes 4,8,1024,64
 }
 
 bench_models() {
