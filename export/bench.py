@@ -397,8 +397,10 @@ def machine(device: str = "cpu") -> dict[str, str | int]:
     return info
 
 
-def markdown(results: list[Result], roofline_rate: float, ours: set[str]) -> str:
-    """Results table; 'vs eager' compares with eager float32 at the same shape, measured in the same run."""
+def markdown(results: list[Result], roofline_rate: float, device: str) -> str:
+    """Results table; 'vs eager' compares with eager float32 at the same shape, measured in the same run, and
+    '% roofline' our kernels' throughput with ``roofline_rate``."""
+    ours = {i.name for i in IMPLEMENTATIONS[device] if i.ours}
     eager = {r.shape: r.seconds for r in results if r.implementation == "eager-fp32" and r.seconds}
     rows = ["| N | D | causal | implementation | median ms | pair-dims/s | % roofline | vs eager | peak MiB | err vs fp64 |",
             "|---|---|---|---|---|---|---|---|---|---|"]
@@ -448,8 +450,7 @@ def write_report(results: list[Result], out: Path, device: str = "cpu") -> None:
             "results": [{**asdict(r), "pair_dims_per_second": r.pair_dims_per_second} for r in results]}
     (out / "bench.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     summary = ", ".join(f"{k} {v}" for k, v in info.items())
-    ours = {i.name for i in IMPLEMENTATIONS[device] if i.ours}
-    (out / "bench.md").write_text(f"{summary}\n\n{markdown(results, line['pair_dims_per_second'], ours)}\n")
+    (out / "bench.md").write_text(f"{summary}\n\n{markdown(results, line['pair_dims_per_second'], device)}\n")
     plot(results, out / "bench.png", device)
 
 

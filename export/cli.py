@@ -184,8 +184,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Time the op's implementations on a device; print the table, write JSON, Markdown and a plot with --out."""
     from dataclasses import replace
 
-    from export.bench import (IMPLEMENTATIONS, MODEL_CASES, bench, bench_model, check_device, machine, markdown,
-                              models_markdown, roofline, write_report)
+    from export.bench import (MODEL_CASES, bench, bench_model, check_device, machine, markdown, models_markdown,
+                              roofline, write_report)
 
     check_device(args.device)
     print(", ".join(f"{k} {v}" for k, v in machine(args.device).items()))
@@ -199,8 +199,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     sizes = args.sizes or [_shape(f"{DEFAULT_BENCH_BATCH[args.device]},{n},64") for n in (256, 1024, 4096, 16384)]
     shapes = [replace(shape, causal=causal) for shape in sizes for causal in sorted({False, args.causal})]
     results = bench(shapes, args.repeats, args.warmup, args.device)
-    ours = {i.name for i in IMPLEMENTATIONS[args.device] if i.ours}
-    print(markdown(results, roofline(args.device)["pair_dims_per_second"], ours))
+    print(markdown(results, roofline(args.device)["pair_dims_per_second"], args.device))
     if args.out:
         write_report(results, args.out, args.device)
         print(f"wrote {args.out}/bench.json, bench.md, bench.png")
