@@ -468,7 +468,7 @@ MODEL_CASES = (ModelCase("deit-tiny", 1), ModelCase("deit-tiny", 64), ModelCase(
 
 @dataclass
 class ModelResult:
-    """Median seconds and logits error against eager float32 of each variant of one model case."""
+    """Median seconds and output error (logits or log-probs) against eager float32 of each variant of one model case."""
 
     case: ModelCase
     device: str
@@ -566,8 +566,8 @@ def bench_model(case: ModelCase, repeats: int = 3, warmup: int = 1, device: str 
     from fourierformer.models import example_inputs
 
     check_device(device)
-    config, model = load_model(case.model, None, 0)
-    model = model.eval().to(device)
+    loaded = load_model(case.model, None, 0)
+    config, model = loaded.config, loaded.model.to(device)
     sets = [{k: v.to(device) for k, v in example_inputs(config, case.batch, case.seq, seed).items()}
             for seed in range(2)]
     eager = _no_grad(model)
@@ -582,7 +582,7 @@ def bench_model(case: ModelCase, repeats: int = 3, warmup: int = 1, device: str 
             continue
         run, dtype, bound = variant
         typed = [{k: (v.to(dtype) if v.is_floating_point() else v) for k, v in feeds.items()} for feeds in sets]
-        error = error_stats("logits", run(**typed[0]).double().cpu().numpy(), expected).norm_rel
+        error = error_stats("output", run(**typed[0]).double().cpu().numpy(), expected).norm_rel
         if not error <= bound:
             raise RuntimeError(f"{case.model}: {name} disagrees with eager float32 (normwise error {error:.2e})")
         result.errors[name] = error
@@ -593,8 +593,8 @@ def bench_model(case: ModelCase, repeats: int = 3, warmup: int = 1, device: str 
 
 
 def models_markdown(results: list[ModelResult]) -> str:
-    """Model-level table: latency of each variant, its speedup over eager float32, and its logits error."""
-    rows = ["| model | batch | seq | device | variant | median ms | speedup vs eager fp32 | logits error vs eager |",
+    """Model-level table: latency of each variant, its speedup over eager float32, and its output error."""
+    rows = ["| model | batch | seq | device | variant | median ms | speedup vs eager fp32 | output error vs eager |",
             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         base = r.seconds["eager fp32"]

@@ -22,8 +22,9 @@ from export.passes import GraphPass, cleanup, decompose, to_fp16, to_onnxruntime
 from export.runtime import artifact_feeds, ort_session, run
 from export.tensorrt_backend import Profiles, gpu_missing_reason, installed_flavour, plugin_tensorrt_version
 from export.tensorrt_backend import build_engine as build_tensorrt_engine
+from fourierformer.checkpoints import CheckpointError, load_weights, read_checkpoint, resolve_config
 from fourierformer.configs import LMConfig, ModelConfig, config_to_dict, get_config
-from fourierformer.models import create_model, example_inputs, load_checkpoint
+from fourierformer.models import create_model, example_inputs
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +33,22 @@ PRECISIONS = ("fp32", "fp16")
 ATTENTIONS = ("plugin", "decomposed")
 ONNX_FILE = "model.onnx"
 ENGINE_FILE = "model.engine"
+BUILT_DIR = Path("engines/built")
+"""Where build-engine puts an artifact without --out: BUILT_DIR/MODEL-BACKEND-PRECISION."""
 PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime-gpu", "onnx-graphsurgeon", "polygraphy", "tensorrt",
             "tensorrt-rtx", "fourierformer-deploy")
 
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """What to build and where (TensorRT settings are ignored by the onnxruntime backend)."""
+    """What to build and where (TensorRT settings are ignored by the onnxruntime backend).
 
-    model: str
-    out: Path
+    ``model`` names the architecture; it may be None with a ``checkpoint`` that says its own (see
+    :func:`load_model`). ``out`` None: ``BUILT_DIR/MODEL-BACKEND-PRECISION`` with the resolved backend.
+    """
+
+    model: str | None
+    out: Path | None = None
     backend: str = "auto"
     precision: str = "fp32"
     attention: str = "auto"
@@ -51,6 +58,7 @@ class BuildOptions:
     shapes: Profiles | None = None
     compute_capabilities: tuple[int, ...] = ()
     timing_cache: Path | None = None
+    ema: bool = False
 
 
 def resolve_backend(name: str) -> str:
@@ -81,19 +89,58 @@ def passes_for(backend: str, attention: str, precision: str) -> tuple[GraphPass,
     return (cleanup, *((to_fp16,) if precision == "fp16" else ()), retarget_attention, cleanup)
 
 
-def load_model(name: str, checkpoint: Path | None, seed: int) -> tuple[ModelConfig, torch.nn.Module]:
-    """The named model with its weights from ``checkpoint``, or random ones from ``seed``."""
-    try:
-        config = get_config(name)
-    except KeyError as exc:
-        raise UserError(exc.args[0]) from exc
-    model = create_model(config, seed)
-    if checkpoint is not None:
+@dataclass(frozen=True)
+class LoadedModel:
+    """An eval-mode model with its name, config and the manifest's record of its weights."""
+
+    name: str
+    config: ModelConfig
+    model: torch.nn.Module
+    weights: dict
+
+
+def load_model(name: str | None, checkpoint: Path | None, seed: int, ema: bool = False) -> LoadedModel:
+    """The model to deploy: the named config with random weights from ``seed``, or a checkpoint's weights.
+
+    A checkpoint says its own architecture (DeiT's args, the pickled LM's attributes) or is matched by its
+    tensors against the named configs; with ``name`` too it must fit that config (the error says what differs).
+    """
+    if checkpoint is None:
+        if name is None:
+            raise UserError("name a model with --model, or give a --checkpoint that says its architecture")
+        if ema:
+            raise UserError("--ema needs a --checkpoint that holds an EMA copy (DeiT's model_ema)")
         try:
-            load_checkpoint(model, checkpoint)
-        except (FileNotFoundError, ValueError) as exc:
+            config = get_config(name)
+        except KeyError as exc:
+            raise UserError(exc.args[0]) from exc
+        return LoadedModel(name, config, create_model(config, seed), {"seed": seed})
+    try:
+        found = read_checkpoint(checkpoint, ema)
+        named, config = resolve_config(found, name)
+        model = create_model(config, seed)
+        load_weights(model, found, config)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from exc
+    weights = {"checkpoint": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint), "format": found.format,
+               "ema": ema}
+    return LoadedModel(named or checkpoint.stem, config, model, weights)
+
+
+def rebuild_model(config: ModelConfig, weights: dict) -> torch.nn.Module:
+    """The eval-mode model an artifact was built from, from its manifest's config and weights record."""
+    model = create_model(config, int(weights.get("seed", 0)))
+    if "checkpoint" in weights:
+        path = Path(weights["checkpoint"])
+        if not path.is_file():
+            raise UserError(f"the artifact's checkpoint {path} is gone: validate needs it to rebuild the eager model")
+        if sha256_file(path) != weights.get("sha256"):
+            raise UserError(f"checkpoint {path} changed since the artifact was built (sha256 mismatch)")
+        try:
+            load_weights(model, read_checkpoint(path, bool(weights.get("ema"))), config)
+        except CheckpointError as exc:
             raise UserError(str(exc)) from exc
-    return config, model
+    return model
 
 
 def _versions() -> dict[str, str]:
@@ -123,7 +170,7 @@ def export_ranges(config: ModelConfig) -> Profiles:
     """What the exported ONNX accepts for each dynamic dimension, as (min, opt, max)."""
     ranges = {"batch": (1, 1, MAX_BATCH)}
     if isinstance(config, LMConfig):
-        ranges["seq"] = (1, config.context, config.context)
+        ranges["seq"] = (1, config.tgt_len, config.tgt_len)
     return ranges
 
 
@@ -162,8 +209,8 @@ def _smoke_run(directory: Path, manifest: Manifest, config: ModelConfig) -> None
         raise UserError("the built model produced non-finite outputs on random inputs")
 
 
-def build_engine(options: BuildOptions) -> Manifest:
-    """Build the artifact directory ``options.out`` atomically; returns its manifest."""
+def build_engine(options: BuildOptions) -> tuple[Path, Manifest]:
+    """Build the artifact directory atomically; returns where it is and its manifest."""
     backend = resolve_backend(options.backend)
     attention = resolve_attention(backend, options.attention)
     if options.precision not in PRECISIONS:
@@ -171,20 +218,21 @@ def build_engine(options: BuildOptions) -> Manifest:
     log.info("[1/5] building %s", "plugin library" if attention == "plugin" else "model (decomposed attention)")
     library = (plugin_library.ort_library() if backend == "onnxruntime" else plugin_library.trt_plugin_library()) \
         if attention == "plugin" else None
-    config, model = load_model(options.model, options.checkpoint, options.seed)
+    loaded = load_model(options.model, options.checkpoint, options.seed, options.ema)
+    config = loaded.config
+    out = options.out or BUILT_DIR / f"{loaded.name}-{backend}-{options.precision}"
     profiles = tensorrt_profiles(config, options.shapes) if backend == "tensorrt" else export_ranges(config)
-    log.info("[2/5] exporting %s to ONNX (opset %d)", options.model, options.opset)
-    proto = retarget(export_onnx(model, config, options.opset), passes_for(backend, attention, options.precision))
-    weights = ({"checkpoint": str(options.checkpoint.resolve()), "sha256": sha256_file(options.checkpoint)}
-               if options.checkpoint else {"seed": options.seed})
+    log.info("[2/5] exporting %s to ONNX (opset %d)", loaded.name, options.opset)
+    proto = retarget(export_onnx(loaded.model, config, options.opset),
+                     passes_for(backend, attention, options.precision))
     manifest = Manifest(
-        model=options.model, config=config_to_dict(config), weights=weights, backend=backend,
+        model=loaded.name, config=config_to_dict(config), weights=loaded.weights, backend=backend,
         precision=options.precision, attention=attention, onnx_file=ONNX_FILE,
         inputs=_tensor_infos(list(proto.graph.input)), outputs=_tensor_infos(list(proto.graph.output)),
         dynamic_ranges={name: [low, high] for name, (low, _, high) in profiles.items()}, versions=_versions(),
         plugin_library=library.name if library else None,
     )
-    with staging_directory(options.out) as staging:
+    with staging_directory(out) as staging:
         onnx.save(proto, staging / ONNX_FILE)
         if library:
             shutil.copy2(library, staging / library.name)
@@ -203,5 +251,5 @@ def build_engine(options: BuildOptions) -> Manifest:
                                  "plugin_built_for": plugin_tensorrt_version(library) if library else None}
         log.info("[4/5] hashing files")
         write_manifest(staging, manifest)
-        log.info("[5/5] writing %s", options.out)
-    return manifest
+        log.info("[5/5] writing %s", out)
+    return out, manifest

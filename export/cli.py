@@ -22,6 +22,8 @@ typical use:
   python -m export build-engine --model tiny-vit --out engines/built/tiny-vit
   python -m export validate engines/built/tiny-vit
   python -m export run engines/built/tiny-vit --input in.npz --output out.npz
+  python -m export build-engine --checkpoint output/checkpoint.pth   # trained with the official DeiT code
+  python -m export build-engine --checkpoint LM-TFM/model.pt         # trained with the official LM code
 """
 
 EXIT_OK, EXIT_VALIDATION_FAILED, EXIT_USER_ERROR = 0, 1, 2
@@ -33,9 +35,15 @@ def _model_help() -> str:
     return "model name: " + ", ".join(CONFIGS)
 
 
+CHECKPOINT_HELP = ("weights to deploy: DeiT's training checkpoint.pth, the language model's model.pt (the whole "
+                   "pickled MemTransformerLM), a plain state_dict (.pt/.pth) or a .safetensors file; its "
+                   "architecture is read from the file, or matched against --model (default: random weights)")
+
+
 def _add_weights(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help=_model_help())
-    parser.add_argument("--checkpoint", type=Path, help="plain PyTorch state_dict file (default: random weights)")
+    parser.add_argument("--model", help=_model_help() + " (optional with a --checkpoint that says its architecture)")
+    parser.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
+    parser.add_argument("--ema", action="store_true", help="deploy the checkpoint's EMA copy (DeiT's model_ema)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights without --checkpoint (default 0)")
 
 
@@ -71,8 +79,8 @@ def cmd_onnx(args: argparse.Namespace) -> int:
     from export.onnx_export import export_onnx
     from export.passes import cleanup
 
-    config, model = load_model(args.model, args.checkpoint, args.seed)
-    proto = gs.export_onnx(cleanup(gs.import_onnx(export_onnx(model, config, args.opset))))
+    loaded = load_model(args.model, args.checkpoint, args.seed, args.ema)
+    proto = gs.export_onnx(cleanup(gs.import_onnx(export_onnx(loaded.model, loaded.config, args.opset))))
     onnx.checker.check_model(proto)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=args.out.parent, prefix=f".{args.out.name}.", delete=False) as tmp:
@@ -116,14 +124,11 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
              "compute_capabilities": args.compute_capability}
     settings.update({k: v for k, v in flags.items() if v is not None})
     settings["shapes"] = {**settings["shapes"], **dict(args.shapes or [])}
-    if "model" not in settings:
-        raise UserError("name a model with --model (or a --recipe that names one)")
-    out = args.out or Path("engines/built") / f"{args.recipe or settings['model']}-{settings['backend']}-{settings['precision']}"
-    options = BuildOptions(settings["model"], out, settings["backend"], settings["precision"], settings["attention"],
-                           args.checkpoint, args.seed, args.opset, settings["shapes"] or None,
-                           tuple(settings["compute_capabilities"]), args.timing_cache)
-    manifest = build_engine(options)
-    print(f"built {out} ({manifest.backend}, {manifest.precision}, {manifest.attention} attention); "
+    options = BuildOptions(settings.get("model"), args.out, settings["backend"], settings["precision"],
+                           settings["attention"], args.checkpoint, args.seed, args.opset, settings["shapes"] or None,
+                           tuple(settings["compute_capabilities"]), args.timing_cache, args.ema)
+    out, manifest = build_engine(options)
+    print(f"built {out} ({manifest.model}: {manifest.backend}, {manifest.precision}, {manifest.attention} attention); "
           f"check it with: python -m export validate {out}")
     return EXIT_OK
 
@@ -242,12 +247,12 @@ def make_parser() -> argparse.ArgumentParser:
                                    "manifest.json (hashes, shapes, versions).",
                        epilog="examples:\n"
                               "  python -m export build-engine --model tiny-vit\n"
+                              "  python -m export build-engine --checkpoint output/checkpoint.pth    # official DeiT\n"
+                              "  python -m export build-engine --checkpoint LM-TFM/model.pt          # official LM\n"
                               "  python -m export build-engine --recipe deit-tiny-fp16\n"
                               "  python -m export build-engine --model tiny-lm --backend tensorrt --precision fp16 \\\n"
                               "      --shapes batch=1:4:8 seq=1:64:64 --compute-capability 86,89")
-    p.add_argument("--model", help=_model_help())
-    p.add_argument("--checkpoint", type=Path, help="plain PyTorch state_dict file (default: random weights)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights without --checkpoint (default 0)")
+    _add_weights(p)
     p.add_argument("--recipe", help=f"settings from engines/recipes/NAME.toml or a .toml path ({', '.join(recipe_names())}); "
                                     "flags override it")
     p.add_argument("--backend", choices=("auto", *BACKENDS),
@@ -263,7 +268,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing-cache", type=Path, default=Path("build/tensorrt-timing.cache"),
                    help="TensorRT timing cache, read and updated (default build/tensorrt-timing.cache)")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
-    p.add_argument("--out", type=Path, help="artifact directory (default engines/built/MODEL-BACKEND-PRECISION)")
+    p.add_argument("--out", type=Path, help="artifact directory (default engines/built/MODEL-BACKEND-PRECISION, "
+                                            "the backend resolved)")
     p.set_defaults(func=cmd_build_engine)
 
     p = sub.add_parser("run", help="run an artifact on inputs from an .npz file or on random inputs")

@@ -12,14 +12,13 @@ from torch import nn
 
 from fourierformer import opspec
 from fourierformer.configs import LMConfig, ModelConfig
-from fourierformer.models import example_inputs
+from fourierformer.models import example_inputs, output_names
 
 log = logging.getLogger(__name__)
 
 OPSET = 18
 """Default ONNX opset: new enough for LayerNormalization, old enough for every TensorRT parser."""
 MAX_BATCH = 4096
-OUTPUT_NAMES = ["logits"]
 
 
 def input_names(config: ModelConfig) -> list[str]:
@@ -31,18 +30,18 @@ def _dynamic_shapes(config: ModelConfig) -> dict[str, dict[int, torch.export.Dim
     """Dynamic axes: batch always; sequence length (up to the context) for language models."""
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     if isinstance(config, LMConfig):
-        return {"tokens": {0: batch, 1: torch.export.Dim("seq", min=1, max=config.context)}}
+        return {"tokens": {0: batch, 1: torch.export.Dim("seq", min=1, max=config.tgt_len)}}
     return {"images": {0: batch}}
 
 
 def export_onnx(model: nn.Module, config: ModelConfig, opset: int = OPSET) -> onnx.ModelProto:
     """Export ``model`` with the dynamo exporter and check the result with ``onnx.checker``."""
-    inputs = example_inputs(config, batch=2, seq=None if not isinstance(config, LMConfig) else min(8, config.context))
+    inputs = example_inputs(config, batch=2, seq=None if not isinstance(config, LMConfig) else min(8, config.tgt_len))
     quiet = io.StringIO()
     with torch.no_grad(), contextlib.redirect_stdout(quiet):
         program = torch.onnx.export(
             model, (), kwargs=inputs, dynamo=True, dynamic_shapes=_dynamic_shapes(config),
-            input_names=list(inputs), output_names=OUTPUT_NAMES, opset_version=opset,
+            input_names=list(inputs), output_names=output_names(config), opset_version=opset,
             verbose=False,
         )
     log.debug("%s", quiet.getvalue())

@@ -36,7 +36,7 @@ def _fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, R: float, power: in
 
 
 class FusedFourierAttention(nn.Module):
-    """Inference form of :class:`FourierAttention`: R frozen to a float, computed by our fused kernels."""
+    """Inference kernel of a :class:`FourierAttention` (set by :func:`fuse`): R frozen to a float, our fused kernels."""
 
     def __init__(self, R: float, power: int, eps: float, causal: bool):
         super().__init__()
@@ -51,10 +51,9 @@ class FusedFourierAttention(nn.Module):
 
 
 def fuse(model: nn.Module) -> nn.Module:
-    """Replace every FourierAttention in ``model`` (in place) by its fused inference form; returns ``model``."""
-    for name, child in model.named_children():
-        if isinstance(child, FourierAttention):
-            setattr(model, name, FusedFourierAttention(child.R.item(), child.power, child.eps, child.causal))
-        else:
-            fuse(child)
+    """Make every FourierAttention in ``model`` (in place) compute with our fused kernels, its learned ``paramR``
+    frozen to a float; returns ``model``. Parameters and the state_dict are unchanged."""
+    for module in model.modules():
+        if isinstance(module, FourierAttention):
+            module.fused = FusedFourierAttention(abs(module.paramR.item()), module.power, module.eps, module.causal)
     return model

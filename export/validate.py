@@ -15,8 +15,8 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 from polygraphy.comparator import Comparator, SimpleCompareFunc
 
-from export.artifact import Manifest, sha256_file
-from export.build import load_model
+from export.artifact import Manifest
+from export.build import rebuild_model
 from export.errors import UserError
 from export.runtime import artifact_feeds, check_feeds, open_artifact
 from fourierformer.configs import LMConfig, config_from_dict
@@ -88,17 +88,11 @@ def error_stats(name: str, out: np.ndarray, ref: np.ndarray) -> OutputError:
 
 def eager_model(manifest: Manifest) -> torch.nn.Module:
     """Rebuild the artifact's eager model from its manifest (same config, same weights)."""
-    checkpoint = manifest.weights.get("checkpoint")
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise UserError(f"the artifact's checkpoint {path} is gone: validate needs it to rebuild the eager model")
-        if sha256_file(path) != manifest.weights["sha256"]:
-            raise UserError(f"checkpoint {path} changed since the artifact was built (sha256 mismatch)")
-    config, model = load_model(manifest.model, Path(checkpoint) if checkpoint else None, manifest.weights.get("seed", 0))
-    if config != config_from_dict(manifest.config):
-        raise UserError(f"model {manifest.model!r} in this version differs from the artifact's config; rebuild it")
-    return model
+    try:
+        config = config_from_dict(manifest.config)
+    except ValueError as exc:
+        raise UserError(f"the artifact's model config does not fit this version ({exc}); rebuild it") from exc
+    return rebuild_model(config, manifest.weights)
 
 
 def validate(directory: Path, batch: int = 2, seq: int | None = None, seed: int = 0, atol: float | None = None,
@@ -109,7 +103,8 @@ def validate(directory: Path, batch: int = 2, seq: int | None = None, seed: int 
     Tolerances left as None take the defaults for the artifact's precision (:data:`TOLERANCES`).
     """
     manifest, runner = open_artifact(directory)
-    config = config_from_dict(manifest.config)
+    model = eager_model(manifest)
+    config = model.config
     if seq is not None and not isinstance(config, LMConfig):
         raise UserError("--seq applies to language models only")
     try:
@@ -120,7 +115,7 @@ def validate(directory: Path, batch: int = 2, seq: int | None = None, seed: int 
     defaults = TOLERANCES[manifest.precision]
     atol, rtol, max_norm_error = (d if v is None else v for v, d in zip((atol, rtol, max_norm_error), defaults))
     names = [t.name for t in manifest.outputs]
-    runners = [runner, EagerRunner(eager_model(manifest).eval(), names, feeds)]
+    runners = [runner, EagerRunner(model, names, feeds)]
     results = Comparator.run(runners, data_loader=[feeds])
     accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
     built, eager = (iterations[0] for _, iterations in results)

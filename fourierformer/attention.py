@@ -68,34 +68,37 @@ def fourier_attention_oracle(
 
 
 class FourierAttention(nn.Module):
-    """The attention kernel with its learnable bandwidth R; exports as one ONNX FourierAttention node."""
+    """The attention kernel with its learnable bandwidth ``paramR`` (shape [1], named as in the official code).
 
-    def __init__(self, power: int = opspec.POWER.default, eps: float = opspec.EPS.default, causal: bool = False):
+    ``attend(q, k, v)`` (also ``forward``) computes it: one ONNX FourierAttention node under ONNX export, the eager
+    reference otherwise, or a fused kernel once ``fused`` is set (export/torch_op.py's ``fuse``). The paper's
+    attention modules subclass it and add their projections, so ``paramR`` sits where the official code has it.
+    """
+
+    def __init__(self, power: int = opspec.POWER.default, eps: float = opspec.EPS.default, causal: bool = False,
+                 R: float = opspec.R.default):
         super().__init__()
         attrs = opspec.check_attributes({"power": power, "eps": eps, "causal": int(causal)}, opspec.NODE_ATTRIBUTES)
         self.power, self.eps, self.causal = int(attrs["power"]), float(attrs["eps"]), bool(attrs["causal"])
-        self.R = nn.Parameter(torch.tensor(opspec.R.default))
+        self.paramR = nn.Parameter(torch.full((1,), float(R)))
+        self.fused: nn.Module | None = None
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """out[B,H,Nq,D] for q[B,H,Nq,D], k and v [B,H,Nk,D]."""
+        if self.fused is not None:
+            return self.fused(q, k, v)
+        R = self.paramR.reshape(()).abs()  # sinc is even: the sign of a learned R does not matter
         if torch.onnx.is_in_onnx_export():
             return torch.onnx.ops.symbolic(
                 f"{opspec.DOMAIN}::{opspec.OP_TYPE}",
-                (q, k, v, self.R.to(q.dtype)),
+                (q, k, v, R.to(q.dtype)),
                 {"power": self.power, "eps": self.eps, "causal": int(self.causal)},
                 dtype=q.dtype, shape=q.shape, version=opspec.VERSION,
             )
-        return fourier_attention_reference(q, k, v, self.R, self.power, self.eps, self.causal)
+        return fourier_attention_reference(q, k, v, R, self.power, self.eps, self.causal)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.attend(q, k, v)
 
     def extra_repr(self) -> str:
         return f"power={self.power}, eps={self.eps}, causal={self.causal}"
-
-
-class SoftmaxAttention(nn.Module):
-    """Standard scaled-dot-product attention, the comparison baseline."""
-
-    def __init__(self, causal: bool = False):
-        super().__init__()
-        self.causal = causal
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return nn.functional.scaled_dot_product_attention(q, k, v, is_causal=self.causal)

@@ -1,8 +1,13 @@
-"""Named model configurations: the paper's models and tiny ones for tests."""
+"""Named model configurations: the paper's models and small instances of the same architectures for tests.
+
+Field names are the official code's hyperparameter names (``MemTransformerLM``'s arguments for the language
+model, timm's ``VisionTransformer`` arguments for DeiT), so a difference between a checkpoint and a config reads
+in the words its training script used.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal, Union
 
 from fourierformer import opspec
@@ -10,35 +15,50 @@ from fourierformer import opspec
 AttentionKind = Literal["fourier", "softmax"]
 WIKITEXT103_VOCAB = 267_735
 """Word-level vocabulary of WikiText-103 (the paper's language models)."""
+WIKITEXT103_CUTOFFS = (20_000, 40_000, 200_000)
+"""Adaptive input and softmax cutoffs of the official WikiText-103 runs (``--adaptive``, train.py)."""
 
 
 @dataclass(frozen=True)
 class LMConfig:
-    """A causal decoder-only language model (pre-norm, tied embeddings, sinusoidal positions)."""
+    """The WikiText-103 language model of the official code (``MemTransformerLM``, attention type 203).
 
-    vocab_size: int
+    Post-LayerNorm decoder blocks, absolute sinusoidal positions, adaptive input with div_val 1 and the adaptive
+    log-softmax head with ``cutoffs``, output weights tied to the embedding when ``tie_weight``. ``tgt_len`` is the
+    training context, the longest sequence the deployed model accepts.
+    """
+
+    n_token: int
+    n_layer: int
+    n_head: int
     d_model: int
-    n_heads: int
-    n_layers: int
-    d_ff: int
-    context: int
+    d_head: int
+    d_inner: int
+    tgt_len: int
+    cutoffs: tuple[int, ...]
+    tie_weight: bool = True
     attention: AttentionKind = "fourier"
     power: int = opspec.POWER.default
     eps: float = opspec.EPS.default
     kind: Literal["lm"] = "lm"
 
+    def __post_init__(self) -> None:
+        if not all(a < b for a, b in zip((0, *self.cutoffs), (*self.cutoffs, self.n_token))):
+            raise ValueError(f"cutoffs {list(self.cutoffs)} must increase strictly inside 1..{self.n_token - 1}")
+
 
 @dataclass(frozen=True)
 class ViTConfig:
-    """A DeiT-style vision transformer (class token, learned positions, pre-norm)."""
+    """DeiT as the official code defines it (timm's VisionTransformer layout: class token, learned positions,
+    pre-norm blocks with a fused qkv projection with bias, LayerNorm eps 1e-6, exact GELU)."""
 
-    image_size: int
+    img_size: int
     patch_size: int
     in_chans: int
     num_classes: int
-    dim: int
+    embed_dim: int
     depth: int
-    heads: int
+    num_heads: int
     mlp_ratio: float = 4.0
     attention: AttentionKind = "fourier"
     power: int = opspec.POWER.default
@@ -49,13 +69,16 @@ class ViTConfig:
 ModelConfig = Union[LMConfig, ViTConfig]
 
 CONFIGS: dict[str, ModelConfig] = {
-    "lm-small": LMConfig(WIKITEXT103_VOCAB, d_model=128, n_heads=8, n_layers=16, d_ff=2048, context=256),
-    "lm-medium": LMConfig(WIKITEXT103_VOCAB, d_model=256, n_heads=8, n_layers=16, d_ff=2048, context=384),
-    "deit-tiny": ViTConfig(224, 16, 3, 1000, dim=192, depth=12, heads=3),
-    "tiny-lm": LMConfig(vocab_size=512, d_model=64, n_heads=4, n_layers=2, d_ff=128, context=64),
-    "tiny-vit": ViTConfig(32, 8, 3, 10, dim=48, depth=2, heads=3),
+    "lm-small": LMConfig(WIKITEXT103_VOCAB, n_layer=16, n_head=8, d_model=128, d_head=16, d_inner=2048, tgt_len=256,
+                         cutoffs=WIKITEXT103_CUTOFFS),
+    "lm-medium": LMConfig(WIKITEXT103_VOCAB, n_layer=16, n_head=8, d_model=256, d_head=32, d_inner=2048, tgt_len=384,
+                          cutoffs=WIKITEXT103_CUTOFFS),
+    "deit-tiny": ViTConfig(224, 16, 3, 1000, embed_dim=192, depth=12, num_heads=3),
+    "tiny-lm": LMConfig(n_token=512, n_layer=2, n_head=4, d_model=64, d_head=16, d_inner=128, tgt_len=64,
+                        cutoffs=(64, 128, 320)),
+    "tiny-vit": ViTConfig(32, 8, 3, 10, embed_dim=48, depth=2, num_heads=3),
 }
-"""Every named model: the paper's WikiText-103 LMs and DeiT-tiny, and tiny ones for tests."""
+"""Every named model: the paper's WikiText-103 LMs and DeiT-tiny, and tiny instances of them for tests."""
 
 
 def get_config(name: str, attention: AttentionKind = "fourier") -> ModelConfig:
@@ -65,12 +88,38 @@ def get_config(name: str, attention: AttentionKind = "fourier") -> ModelConfig:
     return replace(CONFIGS[name], attention=attention)
 
 
+def name_of(config: ModelConfig) -> str | None:
+    """The name of the named config equal to ``config``, if there is one."""
+    return next((name for name, named in CONFIGS.items() if named == config), None)
+
+
+def differences(config: ModelConfig, other: ModelConfig) -> list[str]:
+    """``field a vs b`` for each field where two configs differ."""
+    if type(config) is not type(other):
+        return [f"kind {config.kind} vs {other.kind}"]
+    return [f"{f.name} {getattr(config, f.name)} vs {getattr(other, f.name)}" for f in fields(config)
+            if getattr(config, f.name) != getattr(other, f.name)]
+
+
 def config_to_dict(config: ModelConfig) -> dict:
     """A JSON-ready dict of the config (for manifests)."""
-    return asdict(config)
+    data = asdict(config)
+    if isinstance(config, LMConfig):
+        data["cutoffs"] = list(config.cutoffs)
+    return data
 
 
 def config_from_dict(data: dict) -> ModelConfig:
-    """Inverse of :func:`config_to_dict`."""
-    cls = LMConfig if data["kind"] == "lm" else ViTConfig
-    return cls(**data)
+    """Inverse of :func:`config_to_dict`; ValueError names a missing, unknown or bad field."""
+    kinds = {"lm": LMConfig, "vit": ViTConfig}
+    kind = data.get("kind") if isinstance(data, dict) else data
+    if kind not in kinds:
+        raise ValueError(f"a model config needs kind 'lm' or 'vit', got {kind!r}")
+    cls = kinds[kind]
+    values = dict(data)
+    if cls is LMConfig and isinstance(values.get("cutoffs"), list):
+        values["cutoffs"] = tuple(values["cutoffs"])
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ValueError(f"bad {kind} config: {exc}") from exc

@@ -52,7 +52,7 @@ def test_build_writes_self_describing_artifact(artifacts, model):
 def test_validate_passes(artifacts, model, capsys):
     assert cli("validate", artifacts[model], "--batch", 3) == EXIT_OK
     out = capsys.readouterr().out
-    assert "PASSED" in out and "logits" in out
+    assert "PASSED" in out and ("log_probs" if model == "tiny-lm" else "logits") in out
 
 
 def test_validate_lm_with_short_sequence(artifacts):
@@ -75,11 +75,11 @@ def test_run_with_npz_roundtrip(artifacts, tmp_path):
     np.savez(tmp_path / "in.npz", tokens=tokens)
     assert cli("run", artifacts["tiny-lm"], "--input", tmp_path / "in.npz", "--output", tmp_path / "out.npz") == EXIT_OK
     with np.load(tmp_path / "out.npz") as out:
-        logits = out["logits"]
+        log_probs = out["log_probs"]
     model = create_model(get_config("tiny-lm"))
     with torch.no_grad():
         expected = model(torch.from_numpy(tokens)).numpy()
-    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(log_probs, expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("arrays, message", [
@@ -136,8 +136,9 @@ def test_checkpoint_roundtrip(tmp_path, capsys, ort_library):
 @pytest.mark.parametrize("setup, args, message", [
     (None, ["build-engine", "--model", "gpt-9"], "unknown model 'gpt-9'"),
     (None, ["build-engine", "--model", "tiny-vit", "--checkpoint", "{tmp}/none.pt"], "checkpoint not found"),
-    ("garbage", ["build-engine", "--model", "tiny-vit", "--checkpoint", "{tmp}/w.pt"], "not a readable PyTorch state_dict"),
-    ("lm-weights", ["build-engine", "--model", "tiny-vit", "--checkpoint", "{tmp}/w.pt"], "does not fit the model config"),
+    ("garbage", ["build-engine", "--model", "tiny-vit", "--checkpoint", "{tmp}/w.pt"], "not a readable PyTorch file"),
+    ("lm-weights", ["build-engine", "--model", "tiny-vit", "--checkpoint", "{tmp}/w.pt"],
+     "does not fit --model tiny-vit (missing: blocks.0.attn.paramR"),
     (None, ["validate", "{tmp}"], "no manifest.json"),
 ])
 def test_user_errors_are_one_clear_line(tmp_path, capsys, setup, args, message):

@@ -27,8 +27,8 @@ def lm_export():
     kernels = [m for m in model.modules() if isinstance(m, FourierAttention)]
     with torch.no_grad():
         for i, kernel in enumerate(kernels):
-            kernel.R.fill_(0.5 + i)
-    return config, export_onnx(model, config), [k.R.item() for k in kernels]
+            kernel.paramR.fill_(0.5 + i)
+    return config, export_onnx(model, config), [k.paramR.item() for k in kernels]
 
 
 def _custom_nodes(proto: onnx.ModelProto, domain: str) -> list[onnx.NodeProto]:
@@ -38,7 +38,7 @@ def _custom_nodes(proto: onnx.ModelProto, domain: str) -> list[onnx.NodeProto]:
 def test_export_has_one_custom_node_per_layer(lm_export):
     config, proto, _ = lm_export
     nodes = _custom_nodes(proto, opspec.DOMAIN)
-    assert len(nodes) == config.n_layers
+    assert len(nodes) == config.n_layer
     for node in nodes:
         assert len(node.input) == len(opspec.INPUTS)
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}

@@ -109,20 +109,22 @@ def test_bad_input_is_a_clear_error(args, error, message):
 
 
 @pytest.mark.parametrize("name", ["tiny-lm", "tiny-vit"])
-def test_fuse_replaces_every_fourier_attention_and_keeps_the_logits(name):
+def test_fuse_gives_every_fourier_attention_our_kernel_and_keeps_the_outputs(name):
     config = configs.get_config(name)
     model = create_model(config).eval()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, FourierAttention):
-                module.R.fill_(0.7)  # a trained-looking R, frozen by fuse
+                module.paramR.fill_(-0.7)  # a trained-looking R (its sign does not matter), frozen by fuse
     inputs = example_inputs(config, 2, None, 0)
     with torch.no_grad():
         expected = model(**inputs)
+        names = list(model.state_dict())
         fused = fuse(model)
-        assert not any(isinstance(m, FourierAttention) for m in fused.modules())
-        kernels = [m for m in fused.modules() if isinstance(m, FusedFourierAttention)]
-        assert len(kernels) == 2 and all(m.R == pytest.approx(0.7) for m in kernels)
+        assert list(fused.state_dict()) == names
+        kernels = [m.fused for m in fused.modules() if isinstance(m, FourierAttention)]
+        assert len(kernels) == 2 and all(isinstance(m, FusedFourierAttention) and m.R == pytest.approx(0.7)
+                                         for m in kernels)
         got = fused(**inputs)
     assert error_stats("logits", got.numpy(), expected.double().numpy()).norm_rel <= 1e-5
 

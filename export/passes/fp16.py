@@ -44,11 +44,12 @@ def _layernorm_in_float32(graph: gs.Graph, node: gs.Node) -> None:
 
 
 def _fp16_constant(tensor: gs.Constant) -> gs.Constant:
-    """A float16 copy of a float32 constant; ValueError if a value does not fit."""
+    """A float16 copy of a float32 constant, named apart from it (a deduplicated constant may keep float32 in
+    another use, e.g. a zero LayerNorm bias equal to a zero Linear bias); ValueError if a value does not fit."""
     values = np.asarray(tensor.values)
     if values.size and np.abs(values).max() > FLOAT16_MAX:
         raise ValueError(f"weight {tensor.name} exceeds the float16 range (max |value| {np.abs(values).max():.3g})")
-    return gs.Constant(tensor.name, values.astype(np.float16))
+    return gs.Constant(f"{tensor.name}_fp16", values.astype(np.float16))
 
 
 def to_fp16(graph: gs.Graph) -> gs.Graph:

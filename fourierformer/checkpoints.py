@@ -1,0 +1,363 @@
+"""Checkpoints as the official training code writes them, read without executing anything from the file.
+
+Formats, detected from the file itself:
+
+* ``deit-training-checkpoint``: DeiT's ``checkpoint.pth`` (imagenet/main.py), a dict with ``model``,
+  ``model_ema``, ``optimizer``, ``lr_scheduler``, ``epoch``, ``scaler`` and ``args`` (an ``argparse.Namespace``);
+  read with ``torch.load(weights_only=True)``, ``argparse.Namespace`` allowed.
+* ``lm-module-pickle``: the language model's ``model.pt`` (train.py's ``torch.save(model)``), the whole pickled
+  ``MemTransformerLM``. Its classes need not be installed: a restricted unpickler imports nothing but torch's
+  tensor-rebuild functions (torch's own weights-only allowlist) and turns every other class into an inert
+  stand-in that keeps its state; a pickle that would *call* anything else is refused before the call.
+* ``state-dict``: a plain state_dict saved with ``torch.save`` (``weights_only=True``).
+* ``safetensors``: a safetensors file.
+
+The architecture comes from the checkpoint where it says it (DeiT's ``args``, the pickled module's attributes);
+a plain state_dict is matched by its tensor names and shapes against the named configs.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import argparse
+import json
+import logging
+import pickle
+import struct
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fourierformer.configs import CONFIGS, LMConfig, ModelConfig, ViTConfig, differences, name_of
+
+log = logging.getLogger(__name__)
+
+FOURIER_ATTN_TYPE = 203
+"""The official LM's attention type for Fourier attention (mem_transformer.py); type 2 is softmax."""
+FOURIER_DEIT = {"deit_fourier_tiny_patch16_224": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)}
+"""The official DeiT model names with Fourier attention (imagenet/models.py) and their architectures."""
+_UNSAFE_REBUILDS = {"torch._tensor._rebuild_from_type_v2", "torch._utils._rebuild_wrapper_subclass"}
+"""Allowlisted rebuild functions that call a function named by the pickle: left out of the restricted unpickler."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit: the message says why, in one line."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint file holds: float32 tensors under official names, its format, and the config it
+    declares (None where the file does not say: plain state_dicts and safetensors)."""
+
+    path: Path
+    format: str
+    state: dict[str, torch.Tensor]
+    config: ModelConfig | None
+    ema: bool = False
+
+
+# --- the restricted unpickler ------------------------------------------------------------------------------------
+
+class _InertMeta(type):
+    """Metaclass of stand-ins: creating one through ``__new__`` (pickle's NEWOBJ) works, calling it is refused."""
+
+    def __call__(cls, *args, **kwargs):
+        raise CheckpointError(f"the pickle would call {cls.__module__}.{cls.__qualname__}(...): refused, "
+                              "checkpoints are read without running code from them")
+
+
+class _Inert(metaclass=_InertMeta):
+    """A stand-in for a class the restricted unpickler did not import: it only keeps the pickled state."""
+
+    def __new__(cls, *args):
+        return object.__new__(cls)
+
+    def __setstate__(self, state) -> None:
+        self.__dict__["_pickled_state"] = state[0] if isinstance(state, tuple) and len(state) == 2 else state
+
+    def attribute(self, name: str, default=None):
+        """A pickled attribute of the object (its ``__dict__`` entry)."""
+        state = self.__dict__.get("_pickled_state")
+        return state.get(name, default) if isinstance(state, dict) else default
+
+
+def _allowed_globals() -> dict[str, object]:
+    """torch's weights-only allowlist (tensor rebuilds, storages, dtypes, containers) less what calls arguments."""
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    return {name: value for name, value in _get_allowed_globals().items() if name not in _UNSAFE_REBUILDS}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Imports only allowlisted torch globals; every other global becomes an inert stand-in class."""
+
+    _allowed = None
+
+    def find_class(self, module: str, name: str):
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)  # protocol 2 names builtins __builtin__
+        if _RestrictedUnpickler._allowed is None:
+            _RestrictedUnpickler._allowed = _allowed_globals()
+        found = self._allowed.get(f"{module}.{name}")
+        if found is not None:
+            return found
+        return _InertMeta(name.rsplit(".", 1)[-1], (_Inert,), {"__module__": module, "__qualname__": name})
+
+
+def _restricted_load(file, **kwargs):
+    return _RestrictedUnpickler(file, **kwargs).load()
+
+
+_RESTRICTED_PICKLE = types.SimpleNamespace(Unpickler=_RestrictedUnpickler, load=_restricted_load,
+                                           __name__="fourierformer_restricted_pickle")
+"""A ``pickle_module`` for ``torch.load`` that never imports or runs code named by the file."""
+
+
+def _module_tensors(module: _Inert, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every parameter and persistent buffer of a pickled nn.Module tree, under its state_dict name."""
+    tensors = {}
+    skipped = module.attribute("_non_persistent_buffers_set") or set()
+    for group in ("_parameters", "_buffers"):
+        for name, value in (module.attribute(group) or {}).items():
+            if isinstance(value, torch.Tensor) and not (group == "_buffers" and name in skipped):
+                tensors[prefix + name] = value
+    for name, child in (module.attribute("_modules") or {}).items():
+        if isinstance(child, _Inert):
+            tensors.update(_module_tensors(child, f"{prefix}{name}."))
+    return tensors
+
+
+def _child(module: _Inert, path: str) -> _Inert | None:
+    """The pickled submodule at a dotted path, or None."""
+    for name in path.split("."):
+        module = (module.attribute("_modules") or {}).get(name) if isinstance(module, _Inert) else None
+    return module if isinstance(module, _Inert) else None
+
+
+# --- configs from what the checkpoint says -----------------------------------------------------------------------
+
+def _lm_config_from_module(root: _Inert, state: dict[str, torch.Tensor]) -> LMConfig:
+    """The LMConfig of a pickled MemTransformerLM; CheckpointError for anything the deployment cannot reproduce."""
+    attn_type = root.attribute("attn_type")
+    if attn_type != FOURIER_ATTN_TYPE:
+        raise CheckpointError(f"the model's attn_type is {attn_type!r}; only attention type {FOURIER_ATTN_TYPE} "
+                              "(Fourier) is a FourierFormer")
+    crit, ff, attn = _child(root, "crit"), _child(root, "layers.0.pos_ff"), _child(root, "layers.0.dec_attn")
+    if crit is None or ff is None or attn is None:
+        raise CheckpointError("the pickled model has no crit, layers.0.pos_ff or layers.0.dec_attn: "
+                              "not a MemTransformerLM with the adaptive softmax")
+    unsupported = {
+        "div_val": (crit.attribute("div_val", 1), 1), "d_embed": (root.attribute("d_embed"), root.attribute("d_model")),
+        "pre_lnorm": (bool(attn.attribute("pre_lnorm", False)), False),
+        "same_length": (bool(root.attribute("same_length", False)), False),
+        "no_pos": (bool(root.attribute("no_pos", False)), False),
+        "sample_softmax": (root.attribute("sample_softmax", -1) > 0, False),
+    }
+    for name, (value, expected) in unsupported.items():
+        if value != expected:
+            raise CheckpointError(f"the model has {name}={value!r}; the deployment reproduces {name}={expected!r} only")
+    clamp = root.attribute("clamp_len", -1)
+    if clamp is not None and 0 < clamp < root.attribute("tgt_len", 0):
+        raise CheckpointError(f"the model clamps positions at clamp_len={clamp}, below its context: not supported")
+    if root.attribute("mem_len", 0):
+        log.warning("the model was trained with mem_len=%s; it is deployed without memory (mem_len 0, as the paper "
+                    "evaluates)", root.attribute("mem_len"))
+    weight, tied = state.get("word_emb.emb_layers.0.weight"), state.get("crit.out_layers.0.weight")
+    values = {name: root.attribute(name) for name in ("n_token", "n_layer", "n_head", "d_model", "d_head", "tgt_len")}
+    values["d_inner"] = ff.attribute("d_inner")
+    values["cutoffs"] = tuple((crit.attribute("cutoffs") or [values["n_token"]])[:-1])
+    missing = sorted(name for name, value in values.items() if value is None)
+    if missing:
+        raise CheckpointError(f"the pickled model lacks the attribute(s) {', '.join(missing)}")
+    return LMConfig(**values, tie_weight=weight is not None and tied is not None and torch.equal(weight, tied))
+
+
+def _vit_config_from_args(args: argparse.Namespace) -> ViTConfig:
+    """The ViTConfig of DeiT's training ``args``; CheckpointError for models without Fourier attention."""
+    name = getattr(args, "model", None)
+    if name not in FOURIER_DEIT:
+        raise CheckpointError(f"the checkpoint's model is {name!r}; the official FourierFormer DeiT is "
+                              f"{', '.join(FOURIER_DEIT)} (the other official DeiTs use softmax attention)")
+    return ViTConfig(img_size=int(getattr(args, "input_size", 224)), in_chans=3,
+                     num_classes=int(getattr(args, "nb_classes", 1000)), **FOURIER_DEIT[name])
+
+
+def _meta_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The state_dict names and shapes of a model of ``config``, computed without allocating it."""
+    from fourierformer.models import MemTransformerLM, VisionTransformer
+
+    with torch.device("meta"):
+        model = MemTransformerLM(config) if isinstance(config, LMConfig) else VisionTransformer(config)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(t.shape) for name, t in state.items()}
+
+
+TIED = ("word_emb.emb_layers.0.weight", "crit.out_layers.0.weight")
+"""The LM's embedding and output weights, one tensor when the config ties them (either name may be saved alone)."""
+
+
+def _with_tied(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """``state`` with a tied weight saved under one of its two names filled in under the other."""
+    state = dict(state)
+    if isinstance(config, LMConfig) and config.tie_weight:
+        for name, other in (TIED, TIED[::-1]):
+            if name in state and other not in state:
+                state[other] = state[name]
+    return state
+
+
+def fit_problems(state: dict[str, torch.Tensor], config: ModelConfig) -> list[str]:
+    """What keeps ``state`` from loading into a model of ``config`` (missing, unexpected, wrong shape)."""
+    own, have = _meta_shapes(config), _shapes(_with_tied(state, config))
+    missing = sorted(set(own) - set(have))
+    unexpected = sorted(set(have) - set(own))
+    wrong = sorted(f"{n} {list(have[n])} vs {list(own[n])}" for n in set(own) & set(have) if own[n] != have[n])
+    return [f"{label}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
+            for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if names]
+
+
+def resolve_config(checkpoint: Checkpoint, model: str | None = None) -> tuple[str | None, ModelConfig]:
+    """The config to deploy ``checkpoint`` with, and its name if it is a named one.
+
+    With ``model``, the checkpoint must fit that named config (CheckpointError says what differs); without it,
+    the checkpoint's own config, or for a plain state_dict the one named config its tensors fit.
+    """
+    if model is not None:
+        if model not in CONFIGS:
+            raise CheckpointError(f"unknown model {model!r}; choose one of: {', '.join(CONFIGS)}")
+        named = CONFIGS[model]
+        if checkpoint.config is not None:
+            differ = differences(checkpoint.config, named)
+            if differ:
+                raise CheckpointError(f"checkpoint {checkpoint.path} does not fit --model {model}: "
+                                      f"{', '.join(differ)} (checkpoint vs --model)")
+            return model, checkpoint.config
+        problems = fit_problems(checkpoint.state, named)
+        if problems:
+            raise CheckpointError(f"checkpoint {checkpoint.path} does not fit --model {model} ({'; '.join(problems)})")
+        return model, named
+    if checkpoint.config is not None:
+        return name_of(checkpoint.config), checkpoint.config
+    fitting = [name for name, named in CONFIGS.items() if not fit_problems(checkpoint.state, named)]
+    if len(fitting) != 1:
+        found = f"fits {', '.join(fitting)}" if fitting else f"fits none of the named models ({', '.join(CONFIGS)})"
+        raise CheckpointError(f"checkpoint {checkpoint.path} is a plain state_dict, which does not say its n_head or "
+                              f"cutoffs, and {found}: name the architecture with --model")
+    return fitting[0], CONFIGS[fitting[0]]
+
+
+# --- reading files -----------------------------------------------------------------------------------------------
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with its JSON header's little-endian length, then the header."""
+    with path.open("rb") as stream:
+        head = stream.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < path.stat().st_size
+
+
+def _float32(state: dict, what: str) -> dict[str, torch.Tensor]:
+    """Tensors of a state_dict as float32 (half-precision training saves half); CheckpointError otherwise."""
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{what} is not a state_dict (a dict of tensors)")
+    out = {}
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{what} is not a state_dict: entry {name!r} is a {type(value).__name__}")
+        tensor = value.detach().float() if value.is_floating_point() else value.detach()
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{what}: tensor {name} has non-finite values (NaN or inf)")
+        out[name] = tensor
+    return out
+
+
+def _torch_load(path: Path, **kwargs):
+    """torch.load on the CPU; CheckpointError if the file is not a torch file at all."""
+    try:
+        return torch.load(path, map_location="cpu", **kwargs)
+    except (CheckpointError, pickle.UnpicklingError):
+        raise
+    except Exception as exc:  # torch raises many types for unreadable files
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file: {exc}") from exc
+
+
+def _read_container(path: Path, data: dict, ema: bool) -> Checkpoint:
+    """DeiT's training checkpoint (a dict holding ``model`` and ``args``) or a plain state_dict."""
+    if "model" in data and not isinstance(data["model"], torch.Tensor):
+        key = "model_ema" if ema else "model"
+        if data.get(key) is None:
+            raise CheckpointError(f"checkpoint {path} has no {key!r} entry"
+                                  + (" (trained without --model-ema)" if ema else ""))
+        args = data.get("args")
+        config = _vit_config_from_args(args) if isinstance(args, argparse.Namespace) else None
+        return Checkpoint(path, "deit-training-checkpoint", _float32(data[key], f"{path} [{key!r}]"), config, ema)
+    if ema:
+        raise CheckpointError(f"checkpoint {path} is a plain state_dict: it holds no EMA copy")
+    return Checkpoint(path, "state-dict", _float32(data, f"checkpoint {path}"), None)
+
+
+def read_checkpoint(path: Path, ema: bool = False) -> Checkpoint:
+    """Read any supported checkpoint format (module docstring) without running code from the file."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if _is_safetensors(path):
+        if ema:
+            raise CheckpointError(f"checkpoint {path} is a safetensors state_dict: it holds no EMA copy")
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return Checkpoint(path, "safetensors", _float32(load_file(path), f"checkpoint {path}"), None)
+        except (SafetensorError, json.JSONDecodeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {exc}") from exc
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            data = _torch_load(path, weights_only=True)
+    except pickle.UnpicklingError as weights_only_refusal:
+        log.debug("weights-only load refused (%s); reading it as a pickled module", weights_only_refusal)
+        try:
+            root = _torch_load(path, weights_only=False, pickle_module=_RESTRICTED_PICKLE)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file: {exc}") from exc
+        except CheckpointError as exc:
+            raise CheckpointError(f"checkpoint {path}: {exc}") from exc
+        return _read_module(path, root, ema)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(data).__name__}, not a state_dict or checkpoint dict")
+    return _read_container(path, data, ema)
+
+
+def _read_module(path: Path, root: object, ema: bool) -> Checkpoint:
+    """A whole pickled module: the official LM's ``torch.save(model)``."""
+    if not isinstance(root, _Inert) or root.attribute("_modules") is None:
+        raise CheckpointError(f"checkpoint {path} holds a pickled {type(root).__name__}, not a model")
+    if ema:
+        raise CheckpointError(f"checkpoint {path} is a pickled model: it holds no EMA copy")
+    kind = f"{type(root).__module__}.{type(root).__qualname__}"
+    if not kind.endswith("MemTransformerLM"):
+        raise CheckpointError(f"checkpoint {path} holds a pickled {kind}; the pickled models read are the official "
+                              "MemTransformerLM's (DeiT checkpoints are dicts)")
+    state = _float32(_module_tensors(root), f"checkpoint {path}")
+    try:
+        config = _lm_config_from_module(root, state)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from exc
+    return Checkpoint(path, "lm-module-pickle", state, config)
+
+
+def load_weights(model: nn.Module, checkpoint: Checkpoint, config: ModelConfig) -> None:
+    """Load the checkpoint's tensors into ``model`` (built from ``config``); CheckpointError says what does not fit."""
+    problems = fit_problems(checkpoint.state, config)
+    if problems:
+        raise CheckpointError(f"checkpoint {checkpoint.path} does not fit the model config ({'; '.join(problems)})")
+    state = _with_tied(checkpoint.state, config)
+    if isinstance(config, LMConfig) and config.tie_weight and not torch.equal(*(state[name] for name in TIED)):
+        raise CheckpointError(f"checkpoint {checkpoint.path}: {' and '.join(TIED)} differ, but the config ties them")
+    model.load_state_dict(state)
+    log.info("loaded %s checkpoint %s%s", checkpoint.format, checkpoint.path,
+             " (EMA weights)" if checkpoint.ema else "")
