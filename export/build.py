@@ -15,7 +15,7 @@ import torch
 from polygraphy.backend.onnxrt import OnnxrtRunner
 
 from export import plugin_library
-from export.artifact import Manifest, TensorInfo, sha256_file, staging_directory, write_manifest
+from export.artifact import Manifest, TensorInfo, staging_directory, write_manifest
 from export.errors import UserError
 from export.onnx_export import MAX_BATCH, OPSET, export_onnx
 from export.passes import GraphPass, cleanup, decompose, to_fp16, to_onnxruntime, to_tensorrt
@@ -122,8 +122,7 @@ def load_model(name: str | None, checkpoint: Path | None, seed: int, ema: bool =
         load_weights(model, found, config)
     except CheckpointError as exc:
         raise UserError(str(exc)) from exc
-    weights = {"checkpoint": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint), "format": found.format,
-               "ema": ema}
+    weights = {"checkpoint": str(checkpoint.resolve()), "sha256": found.sha256, "format": found.format, "ema": ema}
     return LoadedModel(named or checkpoint.stem, config, model, weights)
 
 
@@ -134,10 +133,11 @@ def rebuild_model(config: ModelConfig, weights: dict) -> torch.nn.Module:
         path = Path(weights["checkpoint"])
         if not path.is_file():
             raise UserError(f"the artifact's checkpoint {path} is gone: validate needs it to rebuild the eager model")
-        if sha256_file(path) != weights.get("sha256"):
-            raise UserError(f"checkpoint {path} changed since the artifact was built (sha256 mismatch)")
         try:
-            load_weights(model, read_checkpoint(path, bool(weights.get("ema"))), config)
+            found = read_checkpoint(path, bool(weights.get("ema")))
+            if found.sha256 != weights.get("sha256"):
+                raise CheckpointError(f"checkpoint {path} changed since the artifact was built (sha256 mismatch)")
+            load_weights(model, found, config)
         except CheckpointError as exc:
             raise UserError(str(exc)) from exc
     return model

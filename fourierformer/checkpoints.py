@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import _compat_pickle
 import argparse
-import json
+import functools
+import hashlib
+import importlib
+import io
 import logging
 import pickle
 import struct
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,10 +40,15 @@ log = logging.getLogger(__name__)
 
 FOURIER_ATTN_TYPE = 203
 """The official LM's attention type for Fourier attention (mem_transformer.py); type 2 is softmax."""
-FOURIER_DEIT = {"deit_fourier_tiny_patch16_224": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)}
-"""The official DeiT model names with Fourier attention (imagenet/models.py) and their architectures."""
-_UNSAFE_REBUILDS = {"torch._tensor._rebuild_from_type_v2", "torch._utils._rebuild_wrapper_subclass"}
-"""Allowlisted rebuild functions that call a function named by the pickle: left out of the restricted unpickler."""
+FOURIER_DEIT = {"deit_fourier_tiny_patch16_224": "deit-tiny"}
+"""The official DeiT model names with Fourier attention (imagenet/models.py) and the named config of each (its
+``create_model`` passes only ``num_classes``: the image size is always the default)."""
+CALLABLE_GLOBALS = ("torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+                    "torch._utils._rebuild_parameter_with_state", "torch.Size", "torch.device",
+                    "collections.OrderedDict", "builtins.set", "builtins.frozenset")
+"""The globals a module pickle may call: torch's tensor and parameter rebuilds and plain containers."""
+DTYPES = ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
+"""The dtypes a pickle may name (``torch.float32`` ...), as values, never called."""
 
 
 class CheckpointError(ValueError):
@@ -49,13 +57,14 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """What a checkpoint file holds: float32 tensors under official names, its format, and the config it
-    declares (None where the file does not say: plain state_dicts and safetensors)."""
+    """What a checkpoint file holds: float32 tensors under official names, its format, the config it declares
+    (None where the file does not say: plain state_dicts and safetensors), and the sha256 of the bytes read."""
 
     path: Path
     format: str
     state: dict[str, torch.Tensor]
     config: ModelConfig | None
+    sha256: str
     ema: bool = False
 
 
@@ -78,33 +87,48 @@ class _Inert(metaclass=_InertMeta):
     def __setstate__(self, state) -> None:
         self.__dict__["_pickled_state"] = state[0] if isinstance(state, tuple) and len(state) == 2 else state
 
-    def attribute(self, name: str, default=None):
-        """A pickled attribute of the object (its ``__dict__`` entry)."""
+    def attributes(self) -> dict:
+        """The object's pickled attributes (its ``__dict__``), or {} if its state is not a dict."""
         state = self.__dict__.get("_pickled_state")
-        return state.get(name, default) if isinstance(state, dict) else default
+        return state if isinstance(state, dict) else {}
+
+    def attribute(self, name: str, default=None):
+        """One pickled attribute of the object."""
+        return self.attributes().get(name, default)
 
 
+@functools.lru_cache(maxsize=None)
 def _allowed_globals() -> dict[str, object]:
-    """torch's weights-only allowlist (tensor rebuilds, storages, dtypes, containers) less what calls arguments."""
-    from torch._weights_only_unpickler import _get_allowed_globals
+    """The fixed globals the restricted unpickler resolves (its own names, never the file's)."""
+    allowed = {f"torch.{name}": getattr(torch, name) for name in DTYPES}
+    for name in CALLABLE_GLOBALS:
+        module, _, attr = name.rpartition(".")
+        allowed[name] = getattr(importlib.import_module(module), attr)
+    return allowed
 
-    return {name: value for name, value in _get_allowed_globals().items() if name not in _UNSAFE_REBUILDS}
 
+class _RestrictedUnpickler(pickle._Unpickler):
+    """A pure-Python unpickler that resolves only :data:`CALLABLE_GLOBALS` and :data:`DTYPES`; every other global
+    becomes an inert stand-in class, which refuses to be called, and BUILD sets state on stand-ins only (so a pickle
+    cannot change attributes of torch or library objects)."""
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Imports only allowlisted torch globals; every other global becomes an inert stand-in class."""
-
-    _allowed = None
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str):
         module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)  # protocol 2 names builtins __builtin__
-        if _RestrictedUnpickler._allowed is None:
-            _RestrictedUnpickler._allowed = _allowed_globals()
-        found = self._allowed.get(f"{module}.{name}")
+        found = _allowed_globals().get(f"{module}.{name}")
         if found is not None:
             return found
         return _InertMeta(name.rsplit(".", 1)[-1], (_Inert,), {"__module__": module, "__qualname__": name})
+
+    def load_build(self) -> None:
+        target = self.stack[-2] if len(self.stack) > 1 else None
+        if not isinstance(target, _Inert):
+            raise CheckpointError(f"the pickle would set the state of a {type(target).__name__}: refused")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def _restricted_load(file, **kwargs):
@@ -116,17 +140,29 @@ _RESTRICTED_PICKLE = types.SimpleNamespace(Unpickler=_RestrictedUnpickler, load=
 """A ``pickle_module`` for ``torch.load`` that never imports or runs code named by the file."""
 
 
-def _module_tensors(module: _Inert, prefix: str = "") -> dict[str, torch.Tensor]:
+def _state_group(module: _Inert, group: str, kind: type) -> dict | set:
+    """One of a pickled module's state containers (``_parameters``, ...), checked to be of ``kind``."""
+    value = module.attribute(group)
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise CheckpointError(f"the pickled module's {group} is a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+def _module_tensors(module: _Inert, prefix: str = "", ancestors: frozenset[int] = frozenset()) -> dict[str, torch.Tensor]:
     """Every parameter and persistent buffer of a pickled nn.Module tree, under its state_dict name."""
+    if id(module) in ancestors:
+        raise CheckpointError(f"the pickled module tree contains itself at {prefix.rstrip('.')}")
     tensors = {}
-    skipped = module.attribute("_non_persistent_buffers_set") or set()
+    skipped = _state_group(module, "_non_persistent_buffers_set", set)
     for group in ("_parameters", "_buffers"):
-        for name, value in (module.attribute(group) or {}).items():
+        for name, value in _state_group(module, group, dict).items():
             if isinstance(value, torch.Tensor) and not (group == "_buffers" and name in skipped):
-                tensors[prefix + name] = value
-    for name, child in (module.attribute("_modules") or {}).items():
+                tensors[f"{prefix}{name}"] = value
+    for name, child in _state_group(module, "_modules", dict).items():
         if isinstance(child, _Inert):
-            tensors.update(_module_tensors(child, f"{prefix}{name}."))
+            tensors.update(_module_tensors(child, f"{prefix}{name}.", ancestors | {id(module)}))
     return tensors
 
 
@@ -166,25 +202,33 @@ def _lm_config_from_module(root: _Inert, state: dict[str, torch.Tensor]) -> LMCo
         log.warning("the model was trained with mem_len=%s; it is deployed without memory (mem_len 0, as the paper "
                     "evaluates)", root.attribute("mem_len"))
     weight, tied = state.get("word_emb.emb_layers.0.weight"), state.get("crit.out_layers.0.weight")
-    values = {name: root.attribute(name) for name in ("n_token", "n_layer", "n_head", "d_model", "d_head", "tgt_len")}
-    values["d_inner"] = ff.attribute("d_inner")
-    values["cutoffs"] = tuple((crit.attribute("cutoffs") or [values["n_token"]])[:-1])
-    missing = sorted(name for name, value in values.items() if value is None)
-    if missing:
-        raise CheckpointError(f"the pickled model lacks the attribute(s) {', '.join(missing)}")
+    values = {name: _positive_int(root.attribute(name), name)
+              for name in ("n_token", "n_layer", "n_head", "d_model", "d_head", "tgt_len")}
+    values["d_inner"] = _positive_int(ff.attribute("d_inner"), "d_inner")
+    cutoffs = crit.attribute("cutoffs")
+    if not isinstance(cutoffs, list) or not cutoffs or cutoffs[-1] != values["n_token"]:
+        raise CheckpointError(f"the pickled crit.cutoffs {cutoffs!r} is not a list ending with n_token")
+    values["cutoffs"] = tuple(_positive_int(c, "a cutoff") for c in cutoffs[:-1])
     return LMConfig(**values, tie_weight=weight is not None and tied is not None and torch.equal(weight, tied))
 
 
-def _vit_config_from_args(args: argparse.Namespace) -> ViTConfig:
-    """The ViTConfig of DeiT's training ``args``; CheckpointError for models without Fourier attention."""
-    name = getattr(args, "model", None)
+def _positive_int(value: object, name: str) -> int:
+    """``value`` if it is a positive int (pickled attributes are untrusted); CheckpointError otherwise."""
+    if type(value) is not int or value < 1:
+        raise CheckpointError(f"the model's {name} is {value!r}, not a positive integer")
+    return value
+
+
+def _vit_config_from_args(args: dict) -> ViTConfig:
+    """The ViTConfig of DeiT's training ``args`` (their attributes); CheckpointError for other models."""
+    name = args.get("model")
     if name not in FOURIER_DEIT:
         raise CheckpointError(f"the checkpoint's model is {name!r}; the official FourierFormer DeiT is "
                               f"{', '.join(FOURIER_DEIT)} (the other official DeiTs use softmax attention)")
-    return ViTConfig(img_size=int(getattr(args, "input_size", 224)), in_chans=3,
-                     num_classes=int(getattr(args, "nb_classes", 1000)), **FOURIER_DEIT[name])
+    return replace(CONFIGS[FOURIER_DEIT[name]], num_classes=_positive_int(args.get("nb_classes", 1000), "nb_classes"))
 
 
+@functools.lru_cache(maxsize=None)
 def _meta_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """The state_dict names and shapes of a model of ``config``, computed without allocating it."""
     from fourierformer.models import MemTransformerLM, VisionTransformer
@@ -254,100 +298,106 @@ def resolve_config(checkpoint: Checkpoint, model: str | None = None) -> tuple[st
 
 # --- reading files -----------------------------------------------------------------------------------------------
 
-def _is_safetensors(path: Path) -> bool:
+def _is_safetensors(data: bytes) -> bool:
     """A safetensors file starts with its JSON header's little-endian length, then the header."""
-    with path.open("rb") as stream:
-        head = stream.read(9)
-    return len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < path.stat().st_size
+    return len(data) > 9 and data[8:9] == b"{" and struct.unpack("<Q", data[:8])[0] < len(data)
 
 
-def _float32(state: dict, what: str) -> dict[str, torch.Tensor]:
-    """Tensors of a state_dict as float32 (half-precision training saves half); CheckpointError otherwise."""
+def _float32(state: object, what: str) -> dict[str, torch.Tensor]:
+    """A state_dict's tensors as float32 (half-precision training saves half); CheckpointError for anything but
+    finite, dense CPU tensors under string names."""
     if not isinstance(state, dict) or not state:
         raise CheckpointError(f"{what} is not a state_dict (a dict of tensors)")
     out = {}
     for name, value in state.items():
         if not isinstance(name, str) or not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{what} is not a state_dict: entry {name!r} is a {type(value).__name__}")
+        if value.layout != torch.strided or value.is_quantized or value.is_nested or value.device.type != "cpu":
+            raise CheckpointError(f"tensor {name} in {what} is not a dense CPU tensor ({value.layout}, {value.device})")
         tensor = value.detach().float() if value.is_floating_point() else value.detach()
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise CheckpointError(f"{what}: tensor {name} has non-finite values (NaN or inf)")
+            raise CheckpointError(f"tensor {name} in {what} has non-finite values (NaN or inf)")
         out[name] = tensor
     return out
 
 
-def _torch_load(path: Path, **kwargs):
-    """torch.load on the CPU; CheckpointError if the file is not a torch file at all."""
-    try:
-        return torch.load(path, map_location="cpu", **kwargs)
-    except (CheckpointError, pickle.UnpicklingError):
-        raise
-    except Exception as exc:  # torch raises many types for unreadable files
-        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file: {exc}") from exc
+def _attributes(args: object) -> dict:
+    """The attributes of DeiT's saved ``args``: an argparse.Namespace, a dict of them, or an inert stand-in."""
+    if isinstance(args, argparse.Namespace):
+        return vars(args)
+    if isinstance(args, _Inert):
+        return args.attributes()
+    return args if isinstance(args, dict) else {}
 
 
-def _read_container(path: Path, data: dict, ema: bool) -> Checkpoint:
+def _read_dict(data: dict, ema: bool) -> tuple[str, dict[str, torch.Tensor], ModelConfig | None]:
     """DeiT's training checkpoint (a dict holding ``model`` and ``args``) or a plain state_dict."""
     if "model" in data and not isinstance(data["model"], torch.Tensor):
         key = "model_ema" if ema else "model"
         if data.get(key) is None:
-            raise CheckpointError(f"checkpoint {path} has no {key!r} entry"
-                                  + (" (trained without --model-ema)" if ema else ""))
-        args = data.get("args")
-        config = _vit_config_from_args(args) if isinstance(args, argparse.Namespace) else None
-        return Checkpoint(path, "deit-training-checkpoint", _float32(data[key], f"{path} [{key!r}]"), config, ema)
+            raise CheckpointError(f"has no {key!r} entry" + (" (trained without --model-ema)" if ema else ""))
+        args = _attributes(data.get("args"))
+        config = _vit_config_from_args(args) if "model" in args else None
+        return "deit-training-checkpoint", _float32(data[key], repr(key)), config
     if ema:
-        raise CheckpointError(f"checkpoint {path} is a plain state_dict: it holds no EMA copy")
-    return Checkpoint(path, "state-dict", _float32(data, f"checkpoint {path}"), None)
+        raise CheckpointError("is a plain state_dict: it holds no EMA copy")
+    return "state-dict", _float32(data, "the file"), None
+
+
+def _read_module(root: object, ema: bool) -> tuple[str, dict[str, torch.Tensor], ModelConfig | None]:
+    """A whole pickled module: the official LM's ``torch.save(model)``."""
+    if not isinstance(root, _Inert) or not isinstance(root.attribute("_modules"), dict):
+        raise CheckpointError(f"holds a pickled {type(root).__name__}, not a model")
+    kind = f"{type(root).__module__}.{type(root).__qualname__}"
+    if not kind.endswith("MemTransformerLM"):
+        raise CheckpointError(f"holds a pickled {kind}; the pickled models read are the official "
+                              "MemTransformerLM's (DeiT checkpoints are dicts)")
+    if ema:
+        raise CheckpointError("is a pickled model: it holds no EMA copy")
+    state = _float32(_module_tensors(root), "the pickled model")
+    return "lm-module-pickle", state, _lm_config_from_module(root, state)
+
+
+def _parse(data: bytes, ema: bool) -> tuple[str, dict[str, torch.Tensor], ModelConfig | None]:
+    """(format, float32 tensors, declared config) of a checkpoint's bytes; CheckpointError says what is wrong."""
+    if _is_safetensors(data):
+        if ema:
+            raise CheckpointError("is a safetensors state_dict: it holds no EMA copy")
+        from safetensors.torch import load
+
+        return "safetensors", _float32(load(data), "the file"), None
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as refusal:  # a global outside torch's weights-only allowlist, or not a pickle
+        log.debug("weights-only load refused (%s); reading it with the restricted unpickler", refusal)
+        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False, pickle_module=_RESTRICTED_PICKLE)
+        if not isinstance(loaded, dict):
+            return _read_module(loaded, ema)
+    if not isinstance(loaded, dict):
+        raise CheckpointError(f"holds a {type(loaded).__name__}, not a state_dict or a checkpoint dict")
+    return _read_dict(loaded, ema)
 
 
 def read_checkpoint(path: Path, ema: bool = False) -> Checkpoint:
-    """Read any supported checkpoint format (module docstring) without running code from the file."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if _is_safetensors(path):
-        if ema:
-            raise CheckpointError(f"checkpoint {path} is a safetensors state_dict: it holds no EMA copy")
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+    """Read any supported checkpoint format (module docstring) without running code from the file.
 
-        try:
-            return Checkpoint(path, "safetensors", _float32(load_file(path), f"checkpoint {path}"), None)
-        except (SafetensorError, json.JSONDecodeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {exc}") from exc
+    The file is read once: the tensors and the recorded sha256 come from the same bytes.
+    """
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            data = _torch_load(path, weights_only=True)
-    except pickle.UnpicklingError as weights_only_refusal:
-        log.debug("weights-only load refused (%s); reading it as a pickled module", weights_only_refusal)
-        try:
-            root = _torch_load(path, weights_only=False, pickle_module=_RESTRICTED_PICKLE)
-        except pickle.UnpicklingError as exc:
-            raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file: {exc}") from exc
-        except CheckpointError as exc:
-            raise CheckpointError(f"checkpoint {path}: {exc}") from exc
-        return _read_module(path, root, ema)
-    if not isinstance(data, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(data).__name__}, not a state_dict or checkpoint dict")
-    return _read_container(path, data, ema)
-
-
-def _read_module(path: Path, root: object, ema: bool) -> Checkpoint:
-    """A whole pickled module: the official LM's ``torch.save(model)``."""
-    if not isinstance(root, _Inert) or root.attribute("_modules") is None:
-        raise CheckpointError(f"checkpoint {path} holds a pickled {type(root).__name__}, not a model")
-    if ema:
-        raise CheckpointError(f"checkpoint {path} is a pickled model: it holds no EMA copy")
-    kind = f"{type(root).__module__}.{type(root).__qualname__}"
-    if not kind.endswith("MemTransformerLM"):
-        raise CheckpointError(f"checkpoint {path} holds a pickled {kind}; the pickled models read are the official "
-                              "MemTransformerLM's (DeiT checkpoints are dicts)")
-    state = _float32(_module_tensors(root), f"checkpoint {path}")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
     try:
-        config = _lm_config_from_module(root, state)
-    except (TypeError, ValueError) as exc:
+        form, state, config = _parse(data, ema)
+    except CheckpointError as exc:
         raise CheckpointError(f"checkpoint {path}: {exc}") from exc
-    return Checkpoint(path, "lm-module-pickle", state, config)
+    except Exception as exc:  # torch, pickle and safetensors raise many types for bad files
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch or safetensors file: {message}") from exc
+    return Checkpoint(path, form, state, config, hashlib.sha256(data).hexdigest(), ema)
 
 
 def load_weights(model: nn.Module, checkpoint: Checkpoint, config: ModelConfig) -> None:

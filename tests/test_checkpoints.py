@@ -13,6 +13,7 @@ import re
 import shlex
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -207,18 +208,56 @@ def _vit_state(path: Path) -> None:
     torch.save(official.deit_state(official.TINY_DEIT), path)
 
 
+def _meta_tensor(path: Path) -> None:
+    torch.save({"w": torch.empty(2, device="meta")}, path)
+
+
+def _sparse_tensor(path: Path) -> None:
+    torch.save({"w": torch.eye(2).to_sparse()}, path)
+
+
+def _cyclic_module(path: Path) -> None:
+    """A pickled 'MemTransformerLM' whose module tree contains itself."""
+    fake = types.ModuleType("mem_transformer")
+    fake.MemTransformerLM = type("MemTransformerLM", (nn.Module,), {"__module__": "mem_transformer"})
+    root = fake.MemTransformerLM()
+    root._modules["loop"] = root
+    sys.modules["mem_transformer"] = fake
+    try:
+        torch.save(root, path)
+    finally:
+        del sys.modules["mem_transformer"]
+
+
+def _unicode(text: str) -> bytes:
+    """Pickle's BINUNICODE of ``text``."""
+    return b"X" + len(text.encode()).to_bytes(4, "little") + text.encode()
+
+
+def _build_onto_torch(path: Path) -> None:
+    """A protocol-2 pickle whose BUILD sets __defaults__ on torch's _rebuild_tensor_v2 (neg=True): if it ran, every
+    tensor loaded later in the process would come back negated."""
+    path.write_bytes(b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}" + _unicode("__defaults__") + b"(}"
+                     + _unicode("neg") + b"\x88sts\x86b0N.")
+
+
 @pytest.mark.parametrize("write, flags, message", [
     (_softmax_lm, [], "the model's attn_type is 2; only attention type 203 (Fourier) is a FourierFormer"),
     (_softmax_deit, [], "the checkpoint's model is 'deit_tiny_patch16_224'; the official FourierFormer DeiT is "
                         "deit_fourier_tiny_patch16_224"),
     (_linear_pickle, [], "holds a pickled torch.nn.modules.linear.Linear"),
     (_other_vit, [], "is a plain state_dict, which does not say its n_head or cutoffs, and fits none of the named"),
-    (_nan_weights, [], "tensor norm.weight has non-finite values"),
+    (_nan_weights, [], "tensor norm.weight in the file has non-finite values"),
     (_tiny_lm_pickle, ["--model", "lm-small"], "does not fit --model lm-small: n_token 512 vs 267735, "
                                                "n_layer 2 vs 16"),
     (_tiny_lm_pickle, ["--ema"], "is a pickled model: it holds no EMA copy"),
     (_vit_state, ["--model", "tiny-lm"], "does not fit --model tiny-lm (missing: crit.cluster_bias"),
-], ids=["softmax-lm", "softmax-deit", "not-a-model", "unknown-shapes", "nan", "wrong-model", "no-ema", "wrong-kind"])
+    (_meta_tensor, [], "tensor w in the file is not a dense CPU tensor"),
+    (_sparse_tensor, [], "tensor w in the file is not a dense CPU tensor"),
+    (_cyclic_module, [], "the pickled module tree contains itself at loop"),
+    (_build_onto_torch, [], "the pickle would set the state of a function: refused"),
+], ids=["softmax-lm", "softmax-deit", "not-a-model", "unknown-shapes", "nan", "wrong-model", "no-ema", "wrong-kind",
+        "meta", "sparse", "cycle", "build-onto-torch"])
 def test_unfit_checkpoints_are_one_line_errors(tmp_path, capsys, write, flags, message):
     write(tmp_path / "ckpt.pt")
     code = cli("build-engine", "--checkpoint", tmp_path / "ckpt.pt", *flags, "--out", tmp_path / "art")
@@ -226,6 +265,13 @@ def test_unfit_checkpoints_are_one_line_errors(tmp_path, capsys, write, flags, m
     err = capsys.readouterr().err.strip()
     assert message in err, err
     assert len(err.splitlines()) == 1 and not (tmp_path / "art").exists()
+
+
+def test_a_refused_pickle_changes_nothing_in_the_process(tmp_path):
+    torch.save({"w": torch.tensor([1.0, 2.0])}, tmp_path / "good.pt")
+    _build_onto_torch(tmp_path / "evil.pt")
+    assert cli("build-engine", "--checkpoint", tmp_path / "evil.pt", "--out", tmp_path / "art") == EXIT_USER_ERROR
+    assert torch.equal(torch.load(tmp_path / "good.pt", weights_only=True)["w"], torch.tensor([1.0, 2.0]))
 
 
 def test_model_flag_that_fits_is_accepted(files, tmp_path, ort_library):

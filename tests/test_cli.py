@@ -136,7 +136,7 @@ def test_checkpoint_roundtrip(tmp_path, capsys, ort_library):
 @pytest.mark.parametrize("setup, args, message", [
     (None, ["build-engine", "--model", "gpt-9"], "unknown model 'gpt-9'"),
     (None, ["build-engine", "--model", "tiny-vit", "--checkpoint", "{tmp}/none.pt"], "checkpoint not found"),
-    ("garbage", ["build-engine", "--model", "tiny-vit", "--checkpoint", "{tmp}/w.pt"], "not a readable PyTorch file"),
+    ("garbage", ["build-engine", "--model", "tiny-vit", "--checkpoint", "{tmp}/w.pt"], "not a readable PyTorch or safetensors file"),
     ("lm-weights", ["build-engine", "--model", "tiny-vit", "--checkpoint", "{tmp}/w.pt"],
      "does not fit --model tiny-vit (missing: blocks.0.attn.paramR"),
     (None, ["validate", "{tmp}"], "no manifest.json"),

@@ -59,7 +59,9 @@ def to_fp16(graph: gs.Graph) -> gs.Graph:
     for node in list(graph.nodes):
         for i, tensor in enumerate(node.inputs):
             if isinstance(tensor, gs.Constant) and tensor.values.dtype == np.float32 and not _stays_float32(node, i):
-                node.inputs[i] = converted.setdefault(id(tensor), _fp16_constant(tensor))
+                if id(tensor) not in converted:
+                    converted[id(tensor)] = _fp16_constant(tensor)
+                node.inputs[i] = converted[id(tensor)]
         for tensor in node.outputs:
             if tensor.dtype == np.float32:
                 tensor.dtype = np.float16
