@@ -69,15 +69,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_replaceable(out: Path) -> None:
+    """UserError unless ``out`` does not exist, is empty, or is an earlier artifact (holding a manifest)."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
+        raise UserError(f"refusing to overwrite {out}: it exists and is not an artifact directory")
+
+
 @contextlib.contextmanager
 def staging_directory(out: Path) -> Iterator[Path]:
     """Yield an empty directory beside ``out``; on success it replaces ``out``, on failure it is removed.
 
-    ``out`` must not exist, be empty, or be an earlier artifact (holding a manifest), so that no unrelated
-    directory is ever overwritten.
+    ``out`` must pass :func:`check_replaceable`, so that no unrelated directory is ever overwritten.
     """
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
-        raise UserError(f"refusing to overwrite {out}: it exists and is not an artifact directory")
+    check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp's 0700 would make the artifact private

@@ -15,7 +15,7 @@ import torch
 from polygraphy.backend.onnxrt import OnnxrtRunner
 
 from export import plugin_library
-from export.artifact import Manifest, TensorInfo, staging_directory, write_manifest
+from export.artifact import Manifest, TensorInfo, check_replaceable, staging_directory, write_manifest
 from export.errors import UserError
 from export.onnx_export import MAX_BATCH, OPSET, export_onnx
 from export.passes import GraphPass, cleanup, decompose, to_fp16, to_onnxruntime, to_tensorrt
@@ -34,7 +34,7 @@ ATTENTIONS = ("plugin", "decomposed")
 ONNX_FILE = "model.onnx"
 ENGINE_FILE = "model.engine"
 BUILT_DIR = Path("engines/built")
-"""Where build-engine puts an artifact without --out: BUILT_DIR/MODEL-BACKEND-PRECISION."""
+"""Where build-engine puts an artifact without --out: BUILT_DIR/MODEL[-ema]-BACKEND-PRECISION."""
 PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime-gpu", "onnx-graphsurgeon", "polygraphy", "tensorrt",
             "tensorrt-rtx", "fourierformer-deploy")
 
@@ -44,7 +44,7 @@ class BuildOptions:
     """What to build and where (TensorRT settings are ignored by the onnxruntime backend).
 
     ``model`` names the architecture; it may be None with a ``checkpoint`` that says its own (see
-    :func:`load_model`). ``out`` None: ``BUILT_DIR/MODEL-BACKEND-PRECISION`` with the resolved backend.
+    :func:`load_model`). ``out`` None: ``BUILT_DIR/MODEL[-ema]-BACKEND-PRECISION`` with the resolved backend.
     """
 
     model: str | None
@@ -215,12 +215,13 @@ def build_engine(options: BuildOptions) -> tuple[Path, Manifest]:
     attention = resolve_attention(backend, options.attention)
     if options.precision not in PRECISIONS:
         raise UserError(f"unknown precision {options.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    loaded = load_model(options.model, options.checkpoint, options.seed, options.ema)
+    config = loaded.config
+    out = options.out or BUILT_DIR / f"{loaded.name}{'-ema' if options.ema else ''}-{backend}-{options.precision}"
+    check_replaceable(out)  # before any slow step
     log.info("[1/5] building %s", "plugin library" if attention == "plugin" else "model (decomposed attention)")
     library = (plugin_library.ort_library() if backend == "onnxruntime" else plugin_library.trt_plugin_library()) \
         if attention == "plugin" else None
-    loaded = load_model(options.model, options.checkpoint, options.seed, options.ema)
-    config = loaded.config
-    out = options.out or BUILT_DIR / f"{loaded.name}-{backend}-{options.precision}"
     profiles = tensorrt_profiles(config, options.shapes) if backend == "tensorrt" else export_ranges(config)
     log.info("[2/5] exporting %s to ONNX (opset %d)", loaded.name, options.opset)
     proto = retarget(export_onnx(loaded.model, config, options.opset),

@@ -268,7 +268,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing-cache", type=Path, default=Path("build/tensorrt-timing.cache"),
                    help="TensorRT timing cache, read and updated (default build/tensorrt-timing.cache)")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
-    p.add_argument("--out", type=Path, help="artifact directory (default engines/built/MODEL-BACKEND-PRECISION, "
+    p.add_argument("--out", type=Path, help="artifact directory (default engines/built/MODEL[-ema]-BACKEND-PRECISION, "
                                             "the backend resolved)")
     p.set_defaults(func=cmd_build_engine)
 

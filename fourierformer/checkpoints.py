@@ -28,6 +28,7 @@ import logging
 import pickle
 import struct
 import types
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -129,6 +130,12 @@ class _RestrictedUnpickler(pickle._Unpickler):
         super().load_build()
 
     dispatch[pickle.BUILD[0]] = load_build
+
+    def load(self):
+        try:
+            return super().load()
+        except KeyError as exc:  # the pure-Python unpickler's lookup of an unknown opcode
+            raise pickle.UnpicklingError(f"not a pickle (unknown opcode {exc})") from None
 
 
 def _restricted_load(file, **kwargs):
@@ -366,12 +373,18 @@ def _parse(data: bytes, ema: bool) -> tuple[str, dict[str, torch.Tensor], ModelC
         from safetensors.torch import load
 
         return "safetensors", _float32(load(data), "the file"), None
+    if not data:
+        raise CheckpointError("is empty")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's note on pickle protocols other than 2
             loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as refusal:  # a global outside torch's weights-only allowlist, or not a pickle
         log.debug("weights-only load refused (%s); reading it with the restricted unpickler", refusal)
-        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False, pickle_module=_RESTRICTED_PICKLE)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False,
+                                pickle_module=_RESTRICTED_PICKLE)
         if not isinstance(loaded, dict):
             return _read_module(loaded, ema)
     if not isinstance(loaded, dict):
@@ -395,8 +408,9 @@ def read_checkpoint(path: Path, ema: bool = False) -> Checkpoint:
     except CheckpointError as exc:
         raise CheckpointError(f"checkpoint {path}: {exc}") from exc
     except Exception as exc:  # torch, pickle and safetensors raise many types for bad files
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch or safetensors file: {message}") from exc
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch or safetensors file "
+                              f"({type(exc).__name__}{': ' + detail if detail else ''})") from exc
     return Checkpoint(path, form, state, config, hashlib.sha256(data).hexdigest(), ema)
 
 

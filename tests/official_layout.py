@@ -161,6 +161,15 @@ _CLASSES = {"MemTransformerLM": "mem_transformer", "AdaptiveEmbedding": "mem_tra
             "ProjectedAdaptiveLogSoftmax": "utils.proj_adaptive_softmax"}
 
 
+def _none_params(count: int) -> nn.ParameterList:
+    """The head's out_projs with d_proj == d_embed: one None projection per cluster, held in _parameters as the
+    official code's ParameterList.append(None) does."""
+    projs = nn.ParameterList()
+    for i in range(count):
+        projs.register_parameter(str(i), None)
+    return projs
+
+
 def write_lm_pickle(path: Path, state: dict, h: LMHyper, attn_type: int = 203, extra: dict | None = None) -> None:
     """The LM's model.pt as train.py writes it, ``torch.save(model)``: the whole module tree, pickled under the
     official classes' module paths. Those modules exist only while saving, as on a user's machine without them."""
@@ -219,7 +228,7 @@ def write_lm_pickle(path: Path, state: dict, h: LMHyper, attn_type: int = 203, e
                 cutoff_ends=[0, *ends], div_val=1, shortlist_size=h.cutoffs[0], n_clusters=len(h.cutoffs),
                 head_size=h.cutoffs[0] + len(h.cutoffs), cluster_weight=param("crit.cluster_weight"),
                 cluster_bias=param("crit.cluster_bias"), out_layers=nn.ModuleList([out_layer]),
-                out_projs=nn.ParameterList(), keep_order=False)
+                out_projs=_none_params(len(ends)), keep_order=False)
     root = make("MemTransformerLM", n_token=h.n_token, no_pos=False, d_embed=h.d_model, d_model=h.d_model,
                 n_head=h.n_head, d_head=h.d_head, word_emb=word_emb, drop=nn.Dropout(0.1), n_layer=h.n_layer,
                 tgt_len=h.tgt_len, mem_len=0, ext_len=0, max_klen=h.tgt_len, attn_type=attn_type, layers=layers,

@@ -88,11 +88,16 @@ CASES = {"tiny-lm pickle": ("tiny-lm", "lm-module-pickle"), "tiny-lm state_dict"
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_build_from_official_checkpoint_matches_float64_reference(files, tmp_path, ort_library, case):
+def test_build_from_official_checkpoint_matches_float64_reference(files, tmp_path, monkeypatch, ort_library, case):
     path, hyper, state = files[case]
     ema = case.endswith("ema")
-    out = tmp_path / "art"
-    assert cli("build-engine", "--checkpoint", path, *(["--ema"] if ema else []), "--out", out) == EXIT_OK
+    if ema:  # and into its own default folder, not over the build of the model weights
+        monkeypatch.chdir(tmp_path)
+        out = tmp_path / "engines/built/deit-tiny-ema-onnxruntime-fp32"
+        assert cli("build-engine", "--checkpoint", path, "--ema") == EXIT_OK
+    else:
+        out = tmp_path / "art"
+        assert cli("build-engine", "--checkpoint", path, "--out", out) == EXIT_OK
     manifest = json.loads((out / MANIFEST).read_text())
     model, form = CASES[case]
     assert manifest["model"] == model

@@ -115,11 +115,12 @@ def test_rebuild_replaces_artifact_and_failure_leaves_nothing(tmp_path, monkeypa
     assert _manifest(out)["weights"] == {"seed": 4}
 
 
-def test_refuses_to_overwrite_unrelated_directory(tmp_path, capsys):
+def test_refuses_to_overwrite_unrelated_directory(tmp_path, capsys, caplog):
     (tmp_path / "precious.txt").write_text("keep me")
     assert cli("build-engine", "--model", "tiny-vit", "--out", tmp_path) == EXIT_USER_ERROR
     assert "refusing to overwrite" in capsys.readouterr().err
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+    assert "exporting" not in caplog.text  # refused before the slow steps
 
 
 def test_checkpoint_roundtrip(tmp_path, capsys, ort_library):
