@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import json
 import logging
 import os
 import sys
@@ -53,10 +55,18 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-seed", type=int, default=0, help="seed of the random inputs (default 0)")
 
 
+def _print_json(document: object) -> None:
+    """One JSON document on stdout (``--json``)."""
+    print(json.dumps(document, indent=2, sort_keys=True))
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """Print every named model and its config."""
-    from fourierformer.configs import CONFIGS
+    from fourierformer.configs import CONFIGS, config_to_dict
 
+    if args.json:
+        _print_json({name: config_to_dict(config) for name, config in CONFIGS.items()})
+        return EXIT_OK
     for name, config in CONFIGS.items():
         print(f"{name:10s} {config}")
     return EXIT_OK
@@ -111,22 +121,32 @@ def _capabilities(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected compute capabilities such as 86,89; got {text!r}") from None
 
 
+DEFAULT_TIMING_CACHE = Path("build/tensorrt-timing.cache")
 BUILD_DEFAULTS = {"backend": "auto", "precision": "fp32", "attention": "auto", "shapes": {}, "compute_capabilities": ()}
+
+
+TENSORRT_FLAGS = {"shapes": "--shapes", "compute_capability": "--compute-capability", "timing_cache": "--timing-cache"}
+"""build-engine flags that only the tensorrt backend uses (argument name -> flag)."""
 
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
     """Build an artifact directory for a backend (settings: flags over --recipe over defaults)."""
-    from export.build import BuildOptions, build_engine
+    from export.build import BuildOptions, build_engine, resolve_backend
     from export.recipes import load_recipe
 
     settings = {**BUILD_DEFAULTS, **(load_recipe(args.recipe) if args.recipe else {})}
     flags = {"model": args.model, "backend": args.backend, "precision": args.precision, "attention": args.attention,
              "compute_capabilities": args.compute_capability}
     settings.update({k: v for k, v in flags.items() if v is not None})
+    backend = resolve_backend(settings["backend"])
+    given = [flag for name, flag in TENSORRT_FLAGS.items() if getattr(args, name) is not None]
+    if backend != "tensorrt" and given:
+        raise UserError(f"{', '.join(given)} only applies to the tensorrt backend; this build's backend is {backend}")
     settings["shapes"] = {**settings["shapes"], **dict(args.shapes or [])}
     options = BuildOptions(settings.get("model"), args.out, settings["backend"], settings["precision"],
                            settings["attention"], args.checkpoint, args.seed, args.opset, settings["shapes"] or None,
-                           tuple(settings["compute_capabilities"]), args.timing_cache, args.ema)
+                           tuple(settings["compute_capabilities"]), args.timing_cache or DEFAULT_TIMING_CACHE,
+                           args.ema)
     out, manifest = build_engine(options)
     print(f"built {out} ({manifest.model}: {manifest.backend}, {manifest.precision}, {manifest.attention} attention); "
           f"check it with: python -m export validate {out}")
@@ -153,9 +173,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     outputs = run(runner, manifest, feeds)
     if args.output:
         np.savez(args.output, **outputs)
+    summary = {name: {"shape": list(value.shape), "dtype": str(value.dtype), "mean": float(value.mean()),
+                      "std": float(value.std())} for name, value in outputs.items()}
+    if args.json:
+        _print_json({"artifact": str(args.artifact), "output_file": str(args.output) if args.output else None,
+                     "outputs": summary})
+        return EXIT_OK
+    if args.output:
         print(args.output)
-    for name, value in outputs.items():
-        print(f"{name}: shape {list(value.shape)} {value.dtype}, mean {value.mean():.6g}, std {value.std():.6g}")
+    for name, value in summary.items():
+        print(f"{name}: shape {value['shape']} {value['dtype']}, mean {value['mean']:.6g}, std {value['std']:.6g}")
     return EXIT_OK
 
 
@@ -165,6 +192,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     passed, stats, (atol, rtol, max_norm) = validate(args.artifact, args.batch, args.seq, args.input_seed, args.atol,
                                                      args.rtol, args.max_norm_error)
+    if args.json:
+        _print_json({"artifact": str(args.artifact), "passed": passed,
+                     "tolerances": {"atol": atol, "rtol": rtol, "max_norm_error": max_norm},
+                     "outputs": {s.name: {"max_abs": s.max_abs, "max_rel": s.max_rel, "norm_rel": s.norm_rel}
+                                 for s in stats}})
+        return EXIT_OK if passed else EXIT_VALIDATION_FAILED
     print(f"{'output':12s} {'max abs':>10s} {'max rel':>10s} {'norm rel':>10s}")
     for s in stats:
         print(f"{s.name:12s} {s.max_abs:10.3e} {s.max_rel:10.3e} {s.norm_rel:10.3e}")
@@ -215,6 +248,32 @@ DEFAULT_BENCH_BATCH = {"cpu": "1,4", "cuda": "4,8"}
 """B,H of the default bench sizes per device."""
 
 
+def _prog() -> str:
+    """The name the tool was called by: ``python -m export`` or the ``fourierformer-deploy`` console script."""
+    called = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return "python -m export" if called in ("", "__main__.py", "-m") else called
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("fourierformer-deploy")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def _verbosity(default) -> argparse.ArgumentParser:
+    """-v/-q, accepted before and after the command (``default`` SUPPRESS keeps a value given before it)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logs and tracebacks")
+    group.add_argument("-q", "--quiet", action="store_true", default=default, help="no progress lines, errors only")
+    return parser
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout, nothing else")
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     from export.build import ATTENTIONS, BACKENDS, PRECISIONS
@@ -222,25 +281,32 @@ def make_parser() -> argparse.ArgumentParser:
     from export.recipes import recipe_names
     from export.validate import TOLERANCES
 
-    parser = argparse.ArgumentParser(prog="python -m export", description=DESCRIPTION,
+    parser = argparse.ArgumentParser(prog=_prog(), description=DESCRIPTION, parents=[_verbosity(argparse.SUPPRESS)],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.set_defaults(verbose=False, quiet=False)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    verbosity = _verbosity(argparse.SUPPRESS)
 
-    p = sub.add_parser("models", help="list the named models and their configs")
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        """A subcommand's parser, taking -v/-q after the command too."""
+        return commands.add_parser(name, parents=[verbosity], **kwargs)
+
+    p = command("models", help="list the named models and their configs")
+    _add_json(p)
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("build-plugins", help="build the C++ plugin libraries (done automatically on first use)")
+    p = command("build-plugins", help="build the C++ plugin libraries (done automatically on first use)")
     p.add_argument("--force", action="store_true", help="rebuild even if the sources did not change")
     p.set_defaults(func=cmd_build_plugins)
 
-    p = sub.add_parser("onnx", help="export a model to portable ONNX with FourierAttention custom nodes")
+    p = command("onnx", help="export a model to portable ONNX with FourierAttention custom nodes")
     _add_weights(p)
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     p.add_argument("--out", type=Path, required=True, help="output .onnx file")
     p.set_defaults(func=cmd_onnx)
 
-    p = sub.add_parser("build-engine", help="build a verified deployment artifact directory (the main job)",
+    p = command("build-engine", help="build a verified deployment artifact directory (the main job)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Export, retarget to the backend, build (TensorRT) or smoke-run (ONNX Runtime), and "
                                    "write DIR atomically:\nthe ONNX model, the engine, the plugin library and "
@@ -265,21 +331,22 @@ def make_parser() -> argparse.ArgumentParser:
                    help="TensorRT optimization profile per dynamic dimension (default batch=1:1:16, seq=1:CONTEXT:CONTEXT)")
     p.add_argument("--compute-capability", type=_capabilities, metavar="CC[,CC]",
                    help="TensorRT-RTX: build ahead of time for these GPUs, e.g. 86,89 (no GPU needed)")
-    p.add_argument("--timing-cache", type=Path, default=Path("build/tensorrt-timing.cache"),
-                   help="TensorRT timing cache, read and updated (default build/tensorrt-timing.cache)")
+    p.add_argument("--timing-cache", type=Path,
+                   help=f"TensorRT timing cache, read and updated (default {DEFAULT_TIMING_CACHE})")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     p.add_argument("--out", type=Path, help="artifact directory (default engines/built/MODEL[-ema]-BACKEND-PRECISION, "
                                             "the backend resolved)")
     p.set_defaults(func=cmd_build_engine)
 
-    p = sub.add_parser("run", help="run an artifact on inputs from an .npz file or on random inputs")
+    p = command("run", help="run an artifact on inputs from an .npz file or on random inputs")
     p.add_argument("artifact", type=Path, help="artifact directory from build-engine")
     p.add_argument("--input", type=Path, help=".npz with one array per model input (default: random inputs)")
     p.add_argument("--output", type=Path, help="write the outputs to this .npz")
     _add_inputs(p)
+    _add_json(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="compare an artifact with the eager PyTorch model (exit 1 on mismatch)",
+    p = command("validate", help="compare an artifact with the eager PyTorch model (exit 1 on mismatch)",
                        description="Feed the same random inputs to the artifact and to the eager model rebuilt from "
                                    "the manifest; compare with Polygraphy. An element fails if it exceeds both atol "
                                    "and rtol; an output fails if ||out-eager||/||eager|| exceeds --max-norm-error.")
@@ -290,9 +357,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, help="relative tolerance")
     p.add_argument("--max-norm-error", type=float,
                    help=f"normwise relative error bound per output (defaults atol, rtol, norm by precision: {defaults})")
+    _add_json(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("bench", help="time the FourierAttention implementations (CPU or GPU)",
+    p = command("bench", help="time the FourierAttention implementations (CPU or GPU)",
                        description="Each implementation is first checked against a float64 oracle, then timed: "
                                    "median of --repeats runs after --warmup runs, over rotating inputs (CUDA events "
                                    "on a GPU); implementations that cannot fit in memory, or whose runtime is "
@@ -317,11 +385,11 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: bool) -> None:
-    """Progress at INFO on stderr for our loggers; third-party chatter only when verbose."""
+def _configure_logging(verbose: bool, quiet: bool = False) -> None:
+    """Progress at INFO on stderr for our loggers (warnings only when quiet); third-party chatter only when verbose."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
     for name in ("export", "fourierformer"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.ERROR
@@ -334,7 +402,7 @@ def _configure_logging(verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = make_parser().parse_args(argv)
-    _configure_logging(args.verbose)
+    _configure_logging(args.verbose, args.quiet or getattr(args, "json", False))
     try:
         return args.func(args)
     except UserError as exc:
@@ -345,3 +413,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed early (e.g. piped into head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK

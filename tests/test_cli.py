@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -194,3 +195,46 @@ def test_onnxruntime_decomposed_and_fp16_artifacts_validate(tmp_path, capsys, or
     assert "PASSED" in printed
     if "fp16" in flags:
         assert "max-norm-error=0.005" in printed
+
+
+def test_version_from_the_console_script_and_the_module():
+    script = Path(sys.executable).parent / "fourierformer-deploy"
+    version = importlib.metadata.version("fourierformer-deploy")
+    for command, name in (([str(script)], "fourierformer-deploy"), ([sys.executable, "-m", "export"], "python -m export")):
+        result = subprocess.run([*command, "--version"], capture_output=True, text=True)
+        assert result.returncode == EXIT_OK and result.stdout.strip() == f"{name} {version}", result
+
+
+@pytest.mark.parametrize("argv, verbose, quiet", [
+    (["models"], False, False), (["-v", "models"], True, False), (["models", "-v"], True, False),
+    (["-q", "models"], False, True), (["models", "--quiet"], False, True),
+])
+def test_verbosity_flags_go_before_or_after_the_command(argv, verbose, quiet):
+    from export.cli import make_parser
+
+    args = make_parser().parse_args(argv)
+    assert (args.verbose, args.quiet) == (verbose, quiet)
+
+
+@pytest.mark.parametrize("command", ["models", "run", "validate"])
+def test_json_output_is_one_document_on_stdout(artifacts, command):
+    target = [] if command == "models" else [str(artifacts["tiny-lm"])]
+    result = subprocess.run([sys.executable, "-m", "export", command, *target, "--json"], capture_output=True, text=True)
+    assert result.returncode == EXIT_OK, result.stderr
+    document = json.loads(result.stdout)
+    if command == "models":
+        assert document["lm-small"]["cutoffs"] == [20000, 40000, 200000]
+    elif command == "run":
+        assert document["outputs"]["log_probs"]["shape"] == [2, 64, 512]
+    else:
+        assert document["passed"] is True and set(document["tolerances"]) == {"atol", "rtol", "max_norm_error"}
+        assert document["outputs"]["log_probs"]["norm_rel"] <= document["tolerances"]["max_norm_error"]
+
+
+@pytest.mark.parametrize("flag, value", [("--shapes", "batch=1:2:4"), ("--compute-capability", "86"),
+                                         ("--timing-cache", "t.cache")])
+def test_tensorrt_only_flags_are_refused_for_onnxruntime(tmp_path, capsys, flag, value):
+    out = tmp_path / "art"
+    assert cli("build-engine", "--model", "tiny-vit", "--backend", "onnxruntime", flag, value, "--out", out) \
+        == EXIT_USER_ERROR
+    assert f"{flag} only applies to the tensorrt backend" in capsys.readouterr().err and not out.exists()

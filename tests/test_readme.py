@@ -1,0 +1,30 @@
+"""The README's set-up-and-run command, exactly as written, in a fresh clone of this repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIRST_COMMAND = "bash scripts/setup.sh && .venv/bin/python -m export build-engine"
+
+
+def _set_up_and_run_command() -> str:
+    section = (REPO / "README.md").read_text().split("## Set up and run", 1)[1].split("\n## ", 1)[0]
+    return next(line.strip() for line in section.splitlines() if line.strip().startswith(FIRST_COMMAND))
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(),
+                    reason="needs git and a git checkout of this repository (to clone it)")
+def test_readme_set_up_and_run_command_passes_in_a_fresh_clone(tmp_path):
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "FOURIERFORMER_BUILD_DIR")}
+    result = subprocess.run(["bash", "-c", _set_up_and_run_command()], cwd=clone, env=env, capture_output=True,
+                            text=True, timeout=1800)
+    assert result.returncode == 0, f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    assert "PASSED" in result.stdout
