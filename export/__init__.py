@@ -1,8 +1,40 @@
 """fourierformer-deploy: export FourierFormer models to ONNX and build verified deployment artifacts.
 
-Run ``python -m export --help`` for the command line.
+The command line: ``python -m export --help`` (or ``fourierformer-deploy``). From Python:
+
+    import export
+    path = export.build("tiny-vit", out="engines/built/tiny-vit")     # what build-engine does
+    artifact = export.load(path)                                        # verified, on its backend
+    outputs = artifact.run({"images": images})                          # numpy in, numpy out
+
+Running an ONNX Runtime artifact needs onnxruntime and numpy only: ``export.load`` does not import torch.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
 
 from export.tensorrt_backend import configure_polygraphy
 
 configure_polygraphy()
+
+
+def load(directory: str | Path):
+    """The artifact in ``directory``, verified and ready to run: an :class:`export.runtime.Artifact` with
+    ``.run(feeds) -> dict``, ``.inputs``, ``.outputs`` and ``.manifest``; UserError if it is broken."""
+    from export.runtime import load_artifact
+
+    return load_artifact(Path(directory))
+
+
+def build(model: str | None = None, *, checkpoint: str | Path | None = None, out: str | Path | None = None,
+          backend: str = "auto", precision: str = "fp32", attention: str = "auto",
+          shapes: dict[str, tuple[int, int, int]] | None = None, compute_capabilities: tuple[int, ...] = (),
+          ema: bool = False, seed: int = 0) -> Path:
+    """Build an artifact as ``build-engine`` does (same options, same defaults); returns its directory."""
+    from export.builder import BuildOptions, build_engine
+
+    options = BuildOptions(model, Path(out) if out is not None else None, backend, precision, attention,
+                           Path(checkpoint) if checkpoint is not None else None, seed, shapes=shapes,
+                           compute_capabilities=tuple(compute_capabilities), ema=ema)
+    return build_engine(options)[0]

@@ -181,7 +181,7 @@ def _engine_inference(proto: onnx.ModelProto, profiles: tensorrt_backend.Profile
 def op_engine_source(shape: Shape, precision: str) -> tuple[onnx.ModelProto, tensorrt_backend.Profiles, Path | None]:
     """The op's model in the installed TensorRT's form (our plugin with tensorrt, decomposed with tensorrt_rtx),
     its profile fixed to ``shape``, and the plugin library it needs (None when decomposed)."""
-    from export.build import passes_for, retarget
+    from export.builder import passes_for, retarget
 
     attention = "plugin" if tensorrt_backend.load_tensorrt().holds_plugins else "decomposed"
     library = plugin_library.trt_plugin_library() if attention == "plugin" else None
@@ -492,7 +492,7 @@ Variant = tuple[Callable[..., torch.Tensor], torch.dtype, float]
 def _tensorrt_model(case: ModelCase) -> Callable[..., torch.Tensor]:
     """The model as a float16 TensorRT engine for the case's batch (and sequence length), built as build-engine
     builds it (our plugin with tensorrt, attention decomposed with tensorrt_rtx), run on device tensors."""
-    from export.build import BuildOptions, build_engine
+    from export.builder import BuildOptions, build_engine
     from export.runtime import open_artifact
 
     shapes = {"batch": (case.batch,) * 3, **({"seq": (case.seq,) * 3} if case.seq else {})}
@@ -512,7 +512,7 @@ def _tensorrt_model(case: ModelCase) -> Callable[..., torch.Tensor]:
 def _model_variants(model: torch.nn.Module, config: ModelConfig, case: ModelCase, device: str,
                     example: dict[str, torch.Tensor]) -> dict[str, Variant | str]:
     """The variants timed against eager float32 on ``device``, by name; what is missing for those that cannot run."""
-    from export.build import passes_for, retarget
+    from export.builder import passes_for, retarget
     from export.onnx_export import export_onnx
     from export.torch_op import fuse
 
@@ -562,7 +562,7 @@ def bench_model(case: ModelCase, repeats: int = 3, warmup: int = 1, device: str 
     CUDA: eager float16, the fused model in float16 with our CUDA kernel replayed from a CUDA graph, and a float16
     TensorRT engine where a TensorRT runtime exists (else reported as skipped, with what is missing).
     """
-    from export.build import load_model
+    from export.builder import load_model
     from fourierformer.models import example_inputs
 
     check_device(device)

@@ -85,7 +85,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
     import onnx
     import onnx_graphsurgeon as gs
 
-    from export.build import load_model
+    from export.builder import load_model
     from export.onnx_export import export_onnx
     from export.passes import cleanup
 
@@ -131,7 +131,7 @@ TENSORRT_FLAGS = {"shapes": "--shapes", "compute_capability": "--compute-capabil
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
     """Build an artifact directory for a backend (settings: flags over --recipe over defaults)."""
-    from export.build import BuildOptions, build_engine, resolve_backend
+    from export.builder import BuildOptions, build_engine, resolve_backend
     from export.recipes import load_recipe
 
     settings = {**BUILD_DEFAULTS, **(load_recipe(args.recipe) if args.recipe else {})}
@@ -276,7 +276,7 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    from export.build import ATTENTIONS, BACKENDS, PRECISIONS
+    from export.builder import ATTENTIONS, BACKENDS, PRECISIONS
     from export.onnx_export import OPSET
     from export.recipes import recipe_names
     from export.validate import TOLERANCES

@@ -1,13 +1,16 @@
-"""Running artifacts: ONNX Runtime sessions with our custom-op library, input checks, npz I/O."""
+"""Running artifacts: ONNX Runtime sessions with our custom-op library, input checks, npz I/O, and
+:class:`Artifact`, the Python API's handle (``export.load``). Nothing here imports torch: running an ONNX Runtime
+artifact needs onnxruntime and numpy only."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import onnxruntime as ort
-import torch
 from polygraphy.backend.base import BaseRunner
 from polygraphy.backend.onnxrt import OnnxrtRunner
 
@@ -37,21 +40,30 @@ def ort_session(onnx_path: Path | bytes, library: Path | None, threads: int = 0)
         raise UserError(f"ONNX Runtime cannot load the model: {exc}") from exc
 
 
-def open_artifact(directory: Path) -> tuple[Manifest, BaseRunner]:
-    """Verify an artifact and return a Polygraphy runner for it (ONNX Runtime or TensorRT)."""
+def _open(directory: Path) -> tuple[Manifest, ort.InferenceSession | BaseRunner]:
+    """Verify an artifact; its ONNX Runtime session, or its TensorRT runner (Polygraphy)."""
     manifest = load_manifest(directory)
     library = directory / manifest.plugin_library if manifest.plugin_library else None
     if manifest.backend == "onnxruntime":
-        return manifest, OnnxrtRunner(ort_session(directory / manifest.onnx_file, library), name="onnxruntime")
+        return manifest, ort_session(directory / manifest.onnx_file, library)
     if manifest.backend == "tensorrt":
         return manifest, tensorrt_runner(directory / manifest.engine_file, manifest.tensorrt, library)
     raise UserError(f"{directory} was built for backend {manifest.backend!r}, which this tool cannot run")
 
 
-def artifact_feeds(manifest: Manifest, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Model inputs as numpy arrays in the artifact's dtypes (float16 for FP16 artifacts)."""
+def open_artifact(directory: Path) -> tuple[Manifest, BaseRunner]:
+    """Verify an artifact and return a Polygraphy runner for it (ONNX Runtime or TensorRT)."""
+    manifest, backend = _open(directory)
+    if isinstance(backend, ort.InferenceSession):
+        return manifest, OnnxrtRunner(backend, name="onnxruntime")
+    return manifest, backend
+
+
+def artifact_feeds(manifest: Manifest, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Model inputs (numpy arrays or CPU tensors) as numpy arrays in the artifact's dtypes (float16 for FP16)."""
     dtypes = {t.name: np.dtype(t.dtype) for t in manifest.inputs}
-    return {name: value.numpy().astype(dtypes.get(name, value.numpy().dtype)) for name, value in inputs.items()}
+    arrays = {name: np.asarray(value.numpy() if hasattr(value, "numpy") else value) for name, value in inputs.items()}
+    return {name: value.astype(dtypes.get(name, value.dtype)) for name, value in arrays.items()}
 
 
 def check_feeds(manifest: Manifest, feeds: dict[str, np.ndarray]) -> None:
@@ -88,3 +100,65 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
             return {name: data[name] for name in data.files}
     except (ValueError, OSError) as exc:
         raise UserError(f"{path} is not a readable .npz file: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: its name, numpy dtype, and per axis a fixed size or (dimension name, min, max)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | tuple[str, int, int], ...]
+
+
+@dataclass
+class Artifact:
+    """A verified artifact, ready to run (``export.load``): ``run(feeds)`` checks the feeds against the manifest
+    (names, dtypes, ranks, dynamic ranges) and returns the outputs by name. ONNX Runtime artifacts run on their
+    session directly (no torch, no Polygraphy); a TensorRT runner stays active between calls until ``close()``
+    (or the end of a ``with`` block)."""
+
+    directory: Path
+    manifest: Manifest
+    backend: ort.InferenceSession | BaseRunner = field(repr=False)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [self._spec(t) for t in self.manifest.inputs]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [self._spec(t) for t in self.manifest.outputs]
+
+    def _spec(self, info) -> TensorSpec:
+        ranges = self.manifest.dynamic_ranges
+        return TensorSpec(info.name, np.dtype(info.dtype),
+                          tuple((d, *ranges[d]) if isinstance(d, str) and d in ranges else d for d in info.shape))
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs by name for ``feeds`` (numpy arrays by input name)."""
+        feeds = dict(feeds)
+        check_feeds(self.manifest, feeds)
+        names = [t.name for t in self.manifest.outputs]
+        if isinstance(self.backend, ort.InferenceSession):
+            return dict(zip(names, self.backend.run(names, feeds)))
+        if not self.backend.is_active:
+            self.backend.activate()
+        outputs = self.backend.infer(feeds)
+        return {name: np.array(outputs[name]) for name in names}
+
+    def close(self) -> None:
+        if isinstance(self.backend, BaseRunner) and self.backend.is_active:
+            self.backend.deactivate()
+
+    def __enter__(self) -> "Artifact":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load_artifact(directory: Path) -> Artifact:
+    """Verify an artifact directory (every file against its sha256) and open it on its manifest's backend."""
+    manifest, backend = _open(Path(directory))
+    return Artifact(Path(directory), manifest, backend)

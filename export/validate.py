@@ -16,7 +16,7 @@ from polygraphy.common import TensorMetadata
 from polygraphy.comparator import Comparator, SimpleCompareFunc
 
 from export.artifact import Manifest
-from export.build import rebuild_model
+from export.builder import rebuild_model
 from export.errors import UserError
 from export.runtime import artifact_feeds, check_feeds, open_artifact
 from fourierformer.configs import LMConfig, config_from_dict

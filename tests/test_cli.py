@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from export import build as build_module
+from export import builder as build_module
 from export.artifact import MANIFEST
 from export.cli import EXIT_OK, EXIT_USER_ERROR, EXIT_VALIDATION_FAILED, main
 from fourierformer.configs import get_config
@@ -238,3 +238,42 @@ def test_tensorrt_only_flags_are_refused_for_onnxruntime(tmp_path, capsys, flag,
     assert cli("build-engine", "--model", "tiny-vit", "--backend", "onnxruntime", flag, value, "--out", out) \
         == EXIT_USER_ERROR
     assert f"{flag} only applies to the tensorrt backend" in capsys.readouterr().err and not out.exists()
+
+
+def test_python_api_loads_and_runs_an_onnxruntime_artifact_without_torch(artifacts):
+    """export.load verifies, opens and runs an ONNX Runtime artifact importing neither torch nor Polygraphy."""
+    code = ("import sys, numpy as np, export\n"
+            f"artifact = export.load({str(artifacts['tiny-lm'])!r})\n"
+            "tokens = np.arange(20, dtype=np.int64).reshape(2, 10)\n"
+            "out = artifact.run({'tokens': tokens})['log_probs']\n"
+            "print(out.shape, [s.shape for s in artifact.inputs], 'torch' in sys.modules)\n"
+            "np.save(sys.argv[1], out)\n")
+    out_file = artifacts["tiny-lm"].parent / "api-out.npy"
+    result = subprocess.run([sys.executable, "-c", code, str(out_file)], capture_output=True, text=True)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert result.stdout.strip() == "(2, 10, 512) [(('batch', 1, 4096), ('seq', 1, 64))] False"
+    model = create_model(get_config("tiny-lm"))
+    with torch.no_grad():
+        expected = model(torch.arange(20).reshape(2, 10)).numpy()
+    np.testing.assert_allclose(np.load(out_file), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_python_api_checks_feeds_and_hashes(artifacts, tmp_path):
+    import export
+    from export.errors import UserError
+
+    with export.load(artifacts["tiny-vit"]) as artifact:
+        with pytest.raises(UserError, match="dtype float64"):
+            artifact.run({"images": np.zeros((1, 3, 32, 32))})
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", artifacts["tiny-vit"], copy], check=True)
+    (copy / "model.onnx").write_bytes((copy / "model.onnx").read_bytes()[:-10])
+    with pytest.raises(UserError, match="does not match its sha256"):
+        export.load(copy)
+
+
+def test_python_api_build_is_build_engine(artifacts, tmp_path):
+    import export
+
+    path = export.build("tiny-vit", out=tmp_path / "api")
+    assert path == tmp_path / "api" and _manifest(path) == _manifest(artifacts["tiny-vit"])

@@ -8,7 +8,7 @@ import onnx_graphsurgeon as gs
 import pytest
 import torch
 
-from export.build import passes_for, retarget
+from export.builder import passes_for, retarget
 from export.onnx_export import export_onnx
 from export.op_model import IR_VERSION, portable_op_model
 from export.passes import cleanup, decompose, to_fp16, to_onnxruntime, to_tensorrt

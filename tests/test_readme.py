@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,18 @@ def test_readme_set_up_and_run_command_passes_in_a_fresh_clone(tmp_path):
                             text=True, timeout=1800)
     assert result.returncode == 0, f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     assert "PASSED" in result.stdout
+
+
+def _python_snippet() -> str:
+    """The README's 'Use it from Python' example, dedented."""
+    section = (REPO / "README.md").read_text().split("## Use it from Python", 1)[1].split("\n## ", 1)[0]
+    return "\n".join(line[4:] for line in section.splitlines() if line.startswith("    ") or not line.strip()).strip()
+
+
+def test_readme_python_example_runs_as_written(tmp_path, ort_library):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", _python_snippet()], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "(4, 10)"
+    assert (tmp_path / "engines/built/tiny-vit-api/manifest.json").is_file()

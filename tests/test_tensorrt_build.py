@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from export.build import tensorrt_profiles
+from export.builder import tensorrt_profiles
 from export.cli import EXIT_OK, EXIT_USER_ERROR, main
 from export.errors import UserError
 from export.passes import to_tensorrt
@@ -112,7 +112,7 @@ def test_plugin_attention_is_refused_on_tensorrt_rtx(tmp_path, capsys):
 
 
 def test_plugin_nodes_never_reach_the_rtx_parser():
-    from export.build import retarget
+    from export.builder import retarget
     from export.onnx_export import export_onnx
     from export.passes import cleanup
     from fourierformer.models import create_model
