@@ -225,6 +225,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from export.bench import (MODEL_CASES, bench, bench_model, check_device, machine, markdown, models_markdown,
                               roofline, write_report)
 
+    if args.artifact is not None:
+        return _bench_artifact(args)
+    misplaced = [flag for flag in ("--batch", "--seq", "--json") if getattr(args, flag[2:]) not in (None, False)]
+    if misplaced:
+        raise UserError(f"{', '.join(misplaced)} applies to timing an artifact (bench DIR) only")
+    args.device = args.device or "cpu"
+    repeats, warmup = args.repeats if args.repeats is not None else 5, args.warmup if args.warmup is not None else 1
     check_device(args.device)
     print(", ".join(f"{k} {v}" for k, v in machine(args.device).items()))
     if args.models:
@@ -236,7 +243,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return EXIT_OK
     sizes = args.sizes or [_shape(f"{DEFAULT_BENCH_BATCH[args.device]},{n},64") for n in (256, 1024, 4096, 16384)]
     shapes = [replace(shape, causal=causal) for shape in sizes for causal in sorted({False, args.causal})]
-    results = bench(shapes, args.repeats, args.warmup, args.device)
+    results = bench(shapes, repeats, warmup, args.device)
     print(markdown(results, roofline(args.device)["pair_dims_per_second"], args.device))
     if args.out:
         write_report(results, args.out, args.device)
@@ -246,6 +253,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 DEFAULT_BENCH_BATCH = {"cpu": "1,4", "cuda": "4,8"}
 """B,H of the default bench sizes per device."""
+
+
+def _bench_artifact(args: argparse.Namespace) -> int:
+    """bench DIR: validate, then time a built artifact per batch size (latency percentiles, throughput)."""
+    from export import artifact_bench
+    from export.artifact import load_manifest
+
+    misplaced = [flag for flag, value in (("--device", args.device), ("--sizes", args.sizes), ("--causal", args.causal),
+                                          ("--models", args.models), ("--out", args.out)) if value]
+    if misplaced:
+        raise UserError(f"{', '.join(misplaced)} applies to the op benchmark, not to timing an artifact (bench DIR)")
+    manifest = load_manifest(args.artifact)
+    low, high = manifest.dynamic_ranges.get("batch", (1, 1))
+    batches = args.batch or sorted({low, min(max(low, 8), high)})
+    timings = artifact_bench.bench_artifact(args.artifact, batches, args.seq,
+                                            50 if args.repeats is None else args.repeats,
+                                            5 if args.warmup is None else args.warmup)
+    if args.json:
+        _print_json(artifact_bench.to_json(args.artifact, timings))
+    else:
+        print(artifact_bench.markdown(args.artifact, timings))
+    return EXIT_OK
 
 
 def _prog() -> str:
@@ -369,7 +398,14 @@ def make_parser() -> argparse.ArgumentParser:
                                    "our CUDA kernel in float32/float16, TensorRT engines of the op in float32/float16 "
                                    "(needs tensorrt or tensorrt-rtx). PyTorch's softmax scaled_dot_product_attention "
                                    "is timed at the same shape as the cost reference.")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
+    p.add_argument("artifact", type=Path, nargs="?",
+                   help="time this built artifact instead (validated first; p50/p90/p99 latency and throughput per "
+                        "--batch)")
+    p.add_argument("--batch", type=int, nargs="+", help="with DIR: batch sizes to time (default 1 and 8, within the "
+                                                        "artifact's range)")
+    p.add_argument("--seq", type=int, help="with DIR: sequence length of a language model (default its context)")
+    _add_json(p)
+    p.add_argument("--device", choices=("cpu", "cuda"), help="where to run the op benchmark (default cpu)")
     p.add_argument("--sizes", type=_shape, nargs="+", metavar="B,H,N,D",
                    help="problem sizes, Nq = Nk = N (default B,H,N,64 for N in 256 1024 4096 16384, with B,H = "
                         "1,4 on the CPU and 4,8 on a GPU)")
@@ -378,8 +414,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="model level instead: DeiT-tiny batch 1 and 64, lm-small context 256; eager float32 vs "
                         "our op (cpu: ONNX Runtime and PyTorch; cuda: float16 with a CUDA graph, and a float16 "
                         "TensorRT engine)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per implementation (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--repeats", type=int, help="timed runs per implementation (default 5; with DIR 50)")
+    p.add_argument("--warmup", type=int, help="untimed runs first (default 1; with DIR 5)")
     p.add_argument("--out", type=Path, help="also write DIR/bench.json, bench.md and bench.png")
     p.set_defaults(func=cmd_bench)
     return parser

@@ -277,3 +277,33 @@ def test_python_api_build_is_build_engine(artifacts, tmp_path):
 
     path = export.build("tiny-vit", out=tmp_path / "api")
     assert path == tmp_path / "api" and _manifest(path) == _manifest(artifacts["tiny-vit"])
+
+
+def test_bench_of_an_artifact_validates_then_reports_percentiles(artifacts, capsys):
+    assert cli("bench", artifacts["tiny-lm"], "--batch", 1, 3, "--seq", 16, "--repeats", 4, "--warmup", 1,
+               "--json") == EXIT_OK
+    timings = json.loads(capsys.readouterr().out)["timings"]
+    assert [(t["batch"], t["seq"]) for t in timings] == [(1, 16), (3, 16)]
+    for t in timings:
+        assert 0 < t["p50_ms"] <= t["p90_ms"] <= t["p99_ms"] and t["samples_per_second"] > 0
+        assert t["max_norm_error"] <= 1e-4
+
+
+def test_bench_refuses_to_time_an_artifact_that_fails_validation(artifacts, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", artifacts["tiny-vit"], copy], check=True)
+    manifest = _manifest(copy)
+    manifest["weights"] = {"seed": 1}  # the eager model it is checked against now has other weights
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    assert cli("bench", copy, "--batch", 1) == EXIT_USER_ERROR
+    assert "fails validation at batch 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{dir}", "--sizes", "1,1,8,8"], "--sizes applies to the op benchmark"),
+    (["{dir}", "--device", "cpu"], "--device applies to the op benchmark"),
+    (["--batch", "2"], "--batch applies to timing an artifact"),
+])
+def test_bench_flags_of_the_other_mode_are_refused(artifacts, capsys, args, message):
+    assert cli("bench", *[a.format(dir=artifacts["tiny-vit"]) for a in args]) == EXIT_USER_ERROR
+    assert message in capsys.readouterr().err
