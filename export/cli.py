@@ -125,10 +125,6 @@ DEFAULT_TIMING_CACHE = Path("build/tensorrt-timing.cache")
 BUILD_DEFAULTS = {"backend": "auto", "precision": "fp32", "attention": "auto", "shapes": {}, "compute_capabilities": ()}
 
 
-TENSORRT_FLAGS = {"shapes": "--shapes", "compute_capability": "--compute-capability", "timing_cache": "--timing-cache"}
-"""build-engine flags that only the tensorrt backend uses (argument name -> flag)."""
-
-
 def cmd_build_engine(args: argparse.Namespace) -> int:
     """Build an artifact directory for a backend (settings: flags over --recipe over defaults)."""
     from export.builder import BuildOptions, build_engine, resolve_backend
@@ -139,9 +135,9 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
              "compute_capabilities": args.compute_capability}
     settings.update({k: v for k, v in flags.items() if v is not None})
     backend = resolve_backend(settings["backend"])
-    given = [flag for name, flag in TENSORRT_FLAGS.items() if getattr(args, name) is not None]
-    if backend != "tensorrt" and given:
-        raise UserError(f"{', '.join(given)} only applies to the tensorrt backend; this build's backend is {backend}")
+    if backend != "tensorrt":
+        _refuse((("--shapes", args.shapes), ("--compute-capability", args.compute_capability),
+                 ("--timing-cache", args.timing_cache)), f"only applies to the tensorrt backend; this build's is {backend}")
     settings["shapes"] = {**settings["shapes"], **dict(args.shapes or [])}
     options = BuildOptions(settings.get("model"), args.out, settings["backend"], settings["precision"],
                            settings["attention"], args.checkpoint, args.seed, args.opset, settings["shapes"] or None,
@@ -227,9 +223,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.artifact is not None:
         return _bench_artifact(args)
-    misplaced = [flag for flag in ("--batch", "--seq", "--json") if getattr(args, flag[2:]) not in (None, False)]
-    if misplaced:
-        raise UserError(f"{', '.join(misplaced)} applies to timing an artifact (bench DIR) only")
+    _refuse((("--batch", args.batch), ("--seq", args.seq), ("--json", args.json)),
+            "applies to timing an artifact (bench DIR) only")
     args.device = args.device or "cpu"
     repeats, warmup = args.repeats if args.repeats is not None else 5, args.warmup if args.warmup is not None else 1
     check_device(args.device)
@@ -260,10 +255,8 @@ def _bench_artifact(args: argparse.Namespace) -> int:
     from export import artifact_bench
     from export.artifact import load_manifest
 
-    misplaced = [flag for flag, value in (("--device", args.device), ("--sizes", args.sizes), ("--causal", args.causal),
-                                          ("--models", args.models), ("--out", args.out)) if value]
-    if misplaced:
-        raise UserError(f"{', '.join(misplaced)} applies to the op benchmark, not to timing an artifact (bench DIR)")
+    _refuse((("--device", args.device), ("--sizes", args.sizes), ("--causal", args.causal), ("--models", args.models),
+             ("--out", args.out)), "applies to the op benchmark, not to timing an artifact (bench DIR)")
     manifest = load_manifest(args.artifact)
     low, high = manifest.dynamic_ranges.get("batch", (1, 1))
     batches = args.batch or sorted({low, min(max(low, 8), high)})
@@ -290,13 +283,23 @@ def _version() -> str:
         return "(not installed)"
 
 
-def _verbosity(default) -> argparse.ArgumentParser:
-    """-v/-q, accepted before and after the command (``default`` SUPPRESS keeps a value given before it)."""
+def _verbosity() -> argparse.ArgumentParser:
+    """-v/-q as a parent parser for the top level and every command (SUPPRESS: a command's parser does not reset
+    a value given before the command)."""
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logs and tracebacks")
-    group.add_argument("-q", "--quiet", action="store_true", default=default, help="no progress lines, errors only")
+    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="debug logs and tracebacks")
+    group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress lines, errors only")
     return parser
+
+
+def _refuse(flags: tuple[tuple[str, object], ...], why: str) -> None:
+    """UserError naming each flag given (a truthy value) where it does not apply."""
+    given = [flag for flag, value in flags if value]
+    if given:
+        raise UserError(f"{', '.join(given)} {why}")
 
 
 def _add_json(parser: argparse.ArgumentParser) -> None:
@@ -310,12 +313,12 @@ def make_parser() -> argparse.ArgumentParser:
     from export.recipes import recipe_names
     from export.validate import TOLERANCES
 
-    parser = argparse.ArgumentParser(prog=_prog(), description=DESCRIPTION, parents=[_verbosity(argparse.SUPPRESS)],
+    parser = argparse.ArgumentParser(prog=_prog(), description=DESCRIPTION, parents=[_verbosity()],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.set_defaults(verbose=False, quiet=False)
+    parser.set_defaults(verbose=False, quiet=False)  # on its own actions: the commands' must stay SUPPRESS
+    verbosity = _verbosity()
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    verbosity = _verbosity(argparse.SUPPRESS)
 
     def command(name: str, **kwargs) -> argparse.ArgumentParser:
         """A subcommand's parser, taking -v/-q after the command too."""
@@ -336,17 +339,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_onnx)
 
     p = command("build-engine", help="build a verified deployment artifact directory (the main job)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Export, retarget to the backend, build (TensorRT) or smoke-run (ONNX Runtime), and "
-                                   "write DIR atomically:\nthe ONNX model, the engine, the plugin library and "
-                                   "manifest.json (hashes, shapes, versions).",
-                       epilog="examples:\n"
-                              "  python -m export build-engine --model tiny-vit\n"
-                              "  python -m export build-engine --checkpoint output/checkpoint.pth    # official DeiT\n"
-                              "  python -m export build-engine --checkpoint LM-TFM/model.pt          # official LM\n"
-                              "  python -m export build-engine --recipe deit-tiny-fp16\n"
-                              "  python -m export build-engine --model tiny-lm --backend tensorrt --precision fp16 \\\n"
-                              "      --shapes batch=1:4:8 seq=1:64:64 --compute-capability 86,89")
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Export, retarget to the backend, build (TensorRT) or smoke-run (ONNX Runtime), and "
+                            "write DIR atomically:\nthe ONNX model, the engine, the plugin library and "
+                            "manifest.json (hashes, shapes, versions).",
+                epilog="examples:\n"
+                       "  python -m export build-engine --model tiny-vit\n"
+                       "  python -m export build-engine --checkpoint output/checkpoint.pth    # official DeiT\n"
+                       "  python -m export build-engine --checkpoint LM-TFM/model.pt          # official LM\n"
+                       "  python -m export build-engine --recipe deit-tiny-fp16\n"
+                       "  python -m export build-engine --model tiny-lm --backend tensorrt --precision fp16 \\\n"
+                       "      --shapes batch=1:4:8 seq=1:64:64 --compute-capability 86,89")
     _add_weights(p)
     p.add_argument("--recipe", help=f"settings from engines/recipes/NAME.toml or a .toml path ({', '.join(recipe_names())}); "
                                     "flags override it")
@@ -376,9 +379,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = command("validate", help="compare an artifact with the eager PyTorch model (exit 1 on mismatch)",
-                       description="Feed the same random inputs to the artifact and to the eager model rebuilt from "
-                                   "the manifest; compare with Polygraphy. An element fails if it exceeds both atol "
-                                   "and rtol; an output fails if ||out-eager||/||eager|| exceeds --max-norm-error.")
+                description="Feed the same random inputs to the artifact and to the eager model rebuilt from "
+                            "the manifest; compare with Polygraphy. An element fails if it exceeds both atol "
+                            "and rtol; an output fails if ||out-eager||/||eager|| exceeds --max-norm-error.")
     p.add_argument("artifact", type=Path, help="artifact directory from build-engine")
     _add_inputs(p)
     defaults = "; ".join(f"{p}: {t[0]:g}, {t[1]:g}, {t[2]:g}" for p, t in TOLERANCES.items())
@@ -390,14 +393,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = command("bench", help="time the FourierAttention implementations (CPU or GPU)",
-                       description="Each implementation is first checked against a float64 oracle, then timed: "
-                                   "median of --repeats runs after --warmup runs, over rotating inputs (CUDA events "
-                                   "on a GPU); implementations that cannot fit in memory, or whose runtime is "
-                                   "missing, are reported skipped with the reason. cpu: eager PyTorch float32, our "
-                                   "ONNX Runtime op, our PyTorch op (the CPU kernel); cuda: eager float32/float16, "
-                                   "our CUDA kernel in float32/float16, TensorRT engines of the op in float32/float16 "
-                                   "(needs tensorrt or tensorrt-rtx). PyTorch's softmax scaled_dot_product_attention "
-                                   "is timed at the same shape as the cost reference.")
+                description="Each implementation is first checked against a float64 oracle, then timed: "
+                            "median of --repeats runs after --warmup runs, over rotating inputs (CUDA events "
+                            "on a GPU); implementations that cannot fit in memory, or whose runtime is "
+                            "missing, are reported skipped with the reason. cpu: eager PyTorch float32, our "
+                            "ONNX Runtime op, our PyTorch op (the CPU kernel); cuda: eager float32/float16, "
+                            "our CUDA kernel in float32/float16, TensorRT engines of the op in float32/float16 "
+                            "(needs tensorrt or tensorrt-rtx). PyTorch's softmax scaled_dot_product_attention "
+                            "is timed at the same shape as the cost reference. With DIR, a built artifact: "
+                            "validate it, then time it per --batch (p50/p90/p99 latency and throughput), as "
+                            "trtexec --loadEngine and polygraphy run do.")
     p.add_argument("artifact", type=Path, nargs="?",
                    help="time this built artifact instead (validated first; p50/p90/p99 latency and throughput per "
                         "--batch)")
