@@ -33,6 +33,8 @@ PRECISIONS = ("fp32", "fp16")
 ATTENTIONS = ("plugin", "decomposed")
 ONNX_FILE = "model.onnx"
 ENGINE_FILE = "model.engine"
+DEFAULT_TIMING_CACHE = Path("build/tensorrt-timing.cache")
+"""The TensorRT timing cache read and updated by builds that name none."""
 BUILT_DIR = Path("engines/built")
 """Where build-engine puts an artifact without --out: BUILT_DIR/MODEL[-ema]-BACKEND-PRECISION."""
 PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime-gpu", "onnx-graphsurgeon", "polygraphy", "tensorrt",
@@ -57,7 +59,7 @@ class BuildOptions:
     opset: int = OPSET
     shapes: Profiles | None = None
     compute_capabilities: tuple[int, ...] = ()
-    timing_cache: Path | None = None
+    timing_cache: Path | None = DEFAULT_TIMING_CACHE
     ema: bool = False
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -50,14 +52,29 @@ def _add_weights(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_inputs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch", type=int, default=2, help="batch of the random inputs (default 2)")
+    parser.add_argument("--batch", type=int, help=f"batch of the random inputs (default {DEFAULT_BATCH})")
     parser.add_argument("--seq", type=int, help="sequence length of random LM inputs (default: the model's context)")
-    parser.add_argument("--input-seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    parser.add_argument("--input-seed", type=int, help="seed of the random inputs (default 0)")
 
 
-def _print_json(document: object) -> None:
-    """One JSON document on stdout (``--json``)."""
-    print(json.dumps(document, indent=2, sort_keys=True))
+DEFAULT_BATCH = 2
+"""Batch of random inputs for run and validate."""
+
+
+def _finite(value: object) -> object:
+    """``value`` with non-finite floats as None (strict JSON has no NaN or Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _print_json(args: argparse.Namespace, document: object) -> None:
+    """One JSON document on the real stdout (``--json``: everything else printed meanwhile went to stderr)."""
+    print(json.dumps(_finite(document), indent=2, sort_keys=True, allow_nan=False), file=args.stdout)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -65,7 +82,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from fourierformer.configs import CONFIGS, config_to_dict
 
     if args.json:
-        _print_json({name: config_to_dict(config) for name, config in CONFIGS.items()})
+        _print_json(args, {name: config_to_dict(config) for name, config in CONFIGS.items()})
         return EXIT_OK
     for name, config in CONFIGS.items():
         print(f"{name:10s} {config}")
@@ -121,13 +138,12 @@ def _capabilities(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected compute capabilities such as 86,89; got {text!r}") from None
 
 
-DEFAULT_TIMING_CACHE = Path("build/tensorrt-timing.cache")
 BUILD_DEFAULTS = {"backend": "auto", "precision": "fp32", "attention": "auto", "shapes": {}, "compute_capabilities": ()}
 
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
     """Build an artifact directory for a backend (settings: flags over --recipe over defaults)."""
-    from export.builder import BuildOptions, build_engine, resolve_backend
+    from export.builder import DEFAULT_TIMING_CACHE, BuildOptions, build_engine, resolve_backend
     from export.recipes import load_recipe
 
     settings = {**BUILD_DEFAULTS, **(load_recipe(args.recipe) if args.recipe else {})}
@@ -159,20 +175,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     manifest, runner = open_artifact(args.artifact)
     if args.input:
+        _refuse((("--batch", args.batch is not None), ("--seq", args.seq is not None),
+                 ("--input-seed", args.input_seed is not None)), "applies to random inputs, not to --input")
         feeds = load_npz(args.input)
     else:
         try:
-            inputs = example_inputs(config_from_dict(manifest.config), args.batch, args.seq, args.input_seed)
+            config = config_from_dict(manifest.config)
+            if args.seq is not None and config.kind != "lm":
+                raise UserError("--seq applies to language models only")
+            inputs = example_inputs(config, DEFAULT_BATCH if args.batch is None else args.batch, args.seq,
+                                    args.input_seed or 0)
         except ValueError as exc:
             raise UserError(str(exc)) from exc
         feeds = artifact_feeds(manifest, inputs)
     outputs = run(runner, manifest, feeds)
     if args.output:
-        np.savez(args.output, **outputs)
+        args.output = args.output if args.output.suffix == ".npz" else args.output.with_name(args.output.name + ".npz")
+        try:
+            np.savez(args.output, **outputs)
+        except OSError as exc:
+            raise UserError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
     summary = {name: {"shape": list(value.shape), "dtype": str(value.dtype), "mean": float(value.mean()),
                       "std": float(value.std())} for name, value in outputs.items()}
     if args.json:
-        _print_json({"artifact": str(args.artifact), "output_file": str(args.output) if args.output else None,
+        _print_json(args, {"artifact": str(args.artifact), "output_file": str(args.output) if args.output else None,
                      "outputs": summary})
         return EXIT_OK
     if args.output:
@@ -186,10 +212,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Compare an artifact with the eager PyTorch model; exit 1 on mismatch."""
     from export.validate import validate
 
-    passed, stats, (atol, rtol, max_norm) = validate(args.artifact, args.batch, args.seq, args.input_seed, args.atol,
-                                                     args.rtol, args.max_norm_error)
+    passed, stats, (atol, rtol, max_norm) = validate(args.artifact, DEFAULT_BATCH if args.batch is None else args.batch, args.seq,
+                                                     args.input_seed or 0, args.atol, args.rtol, args.max_norm_error)
     if args.json:
-        _print_json({"artifact": str(args.artifact), "passed": passed,
+        _print_json(args, {"artifact": str(args.artifact), "passed": passed,
                      "tolerances": {"atol": atol, "rtol": rtol, "max_norm_error": max_norm},
                      "outputs": {s.name: {"max_abs": s.max_abs, "max_rel": s.max_rel, "norm_rel": s.norm_rel}
                                  for s in stats}})
@@ -264,7 +290,7 @@ def _bench_artifact(args: argparse.Namespace) -> int:
                                             50 if args.repeats is None else args.repeats,
                                             5 if args.warmup is None else args.warmup)
     if args.json:
-        _print_json(artifact_bench.to_json(args.artifact, timings))
+        _print_json(args, artifact_bench.to_json(args.artifact, timings))
     else:
         print(artifact_bench.markdown(args.artifact, timings))
     return EXIT_OK
@@ -308,7 +334,7 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    from export.builder import ATTENTIONS, BACKENDS, PRECISIONS
+    from export.builder import ATTENTIONS, BACKENDS, DEFAULT_TIMING_CACHE, PRECISIONS
     from export.onnx_export import OPSET
     from export.recipes import recipe_names
     from export.validate import TOLERANCES
@@ -442,10 +468,16 @@ def _configure_logging(verbose: bool, quiet: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args = make_parser().parse_args(argv)
-    _configure_logging(args.verbose, args.quiet or getattr(args, "json", False))
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.verbose and args.quiet:
+        parser.error("-v/--verbose and -q/--quiet exclude each other")
+    json_mode = getattr(args, "json", False)
+    _configure_logging(args.verbose, args.quiet or json_mode)
+    args.stdout = sys.stdout
     try:
-        return args.func(args)
+        with contextlib.redirect_stdout(sys.stderr) if json_mode else contextlib.nullcontext():
+            return args.func(args)
     except UserError as exc:
         if args.verbose:
             log.exception("error")

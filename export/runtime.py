@@ -1,10 +1,11 @@
 """Running artifacts: ONNX Runtime sessions with our custom-op library, input checks, npz I/O, and
 :class:`Artifact`, the Python API's handle (``export.load``). Nothing here imports torch: running an ONNX Runtime
-artifact needs onnxruntime and numpy only."""
+artifact needs onnxruntime and numpy (the light Python packages onnx and Polygraphy are imported too)."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -73,6 +74,8 @@ def check_feeds(manifest: Manifest, feeds: dict[str, np.ndarray]) -> None:
         raise UserError(f"inputs {sorted(feeds)} do not match the model's inputs {sorted(expected)}")
     for name, value in feeds.items():
         info = expected[name]
+        if not isinstance(value, np.ndarray):
+            raise UserError(f"input {name!r} is a {type(value).__name__}, not a numpy array")
         if value.dtype != np.dtype(info.dtype):
             raise UserError(f"input {name!r} has dtype {value.dtype}, expected {info.dtype}")
         if value.ndim != len(info.shape):
@@ -115,12 +118,13 @@ class TensorSpec:
 class Artifact:
     """A verified artifact, ready to run (``export.load``): ``run(feeds)`` checks the feeds against the manifest
     (names, dtypes, ranks, dynamic ranges) and returns the outputs by name. ONNX Runtime artifacts run on their
-    session directly (no torch, no Polygraphy); a TensorRT runner stays active between calls until ``close()``
-    (or the end of a ``with`` block)."""
+    session directly (thread-safe, no torch); a TensorRT runner stays active between calls until ``close()`` (or
+    the end of a ``with`` block), and calls to it take turns (one execution context)."""
 
     directory: Path
     manifest: Manifest
     backend: ort.InferenceSession | BaseRunner = field(repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -142,14 +146,16 @@ class Artifact:
         names = [t.name for t in self.manifest.outputs]
         if isinstance(self.backend, ort.InferenceSession):
             return dict(zip(names, self.backend.run(names, feeds)))
-        if not self.backend.is_active:
-            self.backend.activate()
-        outputs = self.backend.infer(feeds)
-        return {name: np.array(outputs[name]) for name in names}
+        with self._lock:
+            if not self.backend.is_active:
+                self.backend.activate()
+            outputs = self.backend.infer(feeds)
+            return {name: np.array(outputs[name]) for name in names}
 
     def close(self) -> None:
-        if isinstance(self.backend, BaseRunner) and self.backend.is_active:
-            self.backend.deactivate()
+        with self._lock:
+            if isinstance(self.backend, BaseRunner) and self.backend.is_active:
+                self.backend.deactivate()
 
     def __enter__(self) -> "Artifact":
         return self

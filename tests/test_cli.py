@@ -241,7 +241,7 @@ def test_tensorrt_only_flags_are_refused_for_onnxruntime(tmp_path, capsys, flag,
 
 
 def test_python_api_loads_and_runs_an_onnxruntime_artifact_without_torch(artifacts):
-    """export.load verifies, opens and runs an ONNX Runtime artifact importing neither torch nor Polygraphy."""
+    """export.load verifies, opens and runs an ONNX Runtime artifact without importing torch."""
     code = ("import sys, numpy as np, export\n"
             f"artifact = export.load({str(artifacts['tiny-lm'])!r})\n"
             "tokens = np.arange(20, dtype=np.int64).reshape(2, 10)\n"
@@ -306,4 +306,47 @@ def test_bench_refuses_to_time_an_artifact_that_fails_validation(artifacts, tmp_
 ])
 def test_bench_flags_of_the_other_mode_are_refused(artifacts, capsys, args, message):
     assert cli("bench", *[a.format(dir=artifacts["tiny-vit"]) for a in args]) == EXIT_USER_ERROR
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["--atol", "0", "--rtol", "0", "--max-norm-error", "0"], ["-v"]],
+                         ids=["failing", "verbose"])
+def test_json_stays_json_when_polygraphy_logs(artifacts, extra):
+    """Polygraphy prints to stdout (its mismatch report, -v's trace): under --json that goes to stderr."""
+    result = subprocess.run([sys.executable, "-m", "export", "validate", str(artifacts["tiny-vit"]), "--json", *extra],
+                            capture_output=True, text=True)
+    document = json.loads(result.stdout)
+    assert result.returncode == (EXIT_VALIDATION_FAILED if document["passed"] is False else EXIT_OK)
+    assert document["passed"] is (extra[0] != "--atol")
+
+
+def test_verbose_and_quiet_exclude_each_other_anywhere(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli("-v", "models", "-q")
+    assert exit_info.value.code == EXIT_USER_ERROR and "exclude each other" in capsys.readouterr().err
+
+
+def test_python_api_refuses_feeds_that_are_not_arrays(artifacts):
+    import export
+    from export.errors import UserError
+
+    with export.load(artifacts["tiny-vit"]) as artifact, pytest.raises(UserError, match="is a list, not a numpy"):
+        artifact.run({"images": [[0.0]]})
+
+
+def test_run_output_gets_its_npz_suffix_and_bad_places_are_one_line(artifacts, tmp_path, capsys):
+    assert cli("run", artifacts["tiny-vit"], "--output", tmp_path / "out", "--json") == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["output_file"] == str(tmp_path / "out.npz")
+    assert (tmp_path / "out.npz").is_file()
+    assert cli("run", artifacts["tiny-vit"], "--output", tmp_path / "missing" / "out.npz") == EXIT_USER_ERROR
+    assert "cannot write" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seq", "5"], "--seq applies to language models only"),
+    (["--input", "{tmp}/in.npz", "--batch", "3"], "--batch applies to random inputs, not to --input"),
+])
+def test_run_refuses_flags_that_do_not_apply(artifacts, tmp_path, capsys, args, message):
+    np.savez(tmp_path / "in.npz", images=np.zeros((1, 3, 32, 32), np.float32))
+    assert cli("run", artifacts["tiny-vit"], *[a.format(tmp=tmp_path) for a in args]) == EXIT_USER_ERROR
     assert message in capsys.readouterr().err
