@@ -51,6 +51,11 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
+    def dimension_range(self, dim: int | str) -> tuple[int, int]:
+        """(min, max) of an input axis: a dynamic dimension's recorded range, or a fixed size."""
+        low, high = self.dynamic_ranges.get(dim, (dim, dim)) if isinstance(dim, str) else (dim, dim)
+        return low, high
+
     @classmethod
     def from_dict(cls, data: dict) -> "Manifest":
         """Inverse of ``asdict``; TypeError on missing or unknown keys."""

@@ -169,11 +169,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run an artifact on inputs from an .npz file (or random ones) and save or summarize the outputs."""
     import numpy as np
 
-    from export.runtime import artifact_feeds, load_npz, open_artifact, run
+    from export.runtime import artifact_feeds, load_artifact, load_npz
     from fourierformer.configs import config_from_dict
     from fourierformer.models import example_inputs
 
-    manifest, runner = open_artifact(args.artifact)
+    artifact = load_artifact(args.artifact)
+    manifest = artifact.manifest
     if args.input:
         _refuse((("--batch", args.batch is not None), ("--seq", args.seq is not None),
                  ("--input-seed", args.input_seed is not None)), "applies to random inputs, not to --input")
@@ -188,7 +189,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UserError(str(exc)) from exc
         feeds = artifact_feeds(manifest, inputs)
-    outputs = run(runner, manifest, feeds)
+    try:
+        outputs = artifact.run(feeds)
+    finally:
+        artifact.close()
     if args.output:
         args.output = args.output if args.output.suffix == ".npz" else args.output.with_name(args.output.name + ".npz")
         try:

@@ -81,7 +81,7 @@ def check_feeds(manifest: Manifest, feeds: dict[str, np.ndarray]) -> None:
         if value.ndim != len(info.shape):
             raise UserError(f"input {name!r} has shape {list(value.shape)}, expected rank {len(info.shape)} {info.shape}")
         for axis, (size, dim) in enumerate(zip(value.shape, info.shape)):
-            low, high = manifest.dynamic_ranges.get(dim, (dim, dim)) if isinstance(dim, str) else (dim, dim)
+            low, high = manifest.dimension_range(dim)
             if not low <= size <= high:
                 raise UserError(f"input {name!r} axis {axis} ({dim}) is {size}, outside {low}..{high}")
 
@@ -135,9 +135,9 @@ class Artifact:
         return [self._spec(t) for t in self.manifest.outputs]
 
     def _spec(self, info) -> TensorSpec:
-        ranges = self.manifest.dynamic_ranges
         return TensorSpec(info.name, np.dtype(info.dtype),
-                          tuple((d, *ranges[d]) if isinstance(d, str) and d in ranges else d for d in info.shape))
+                          tuple((d, *self.manifest.dimension_range(d)) if d in self.manifest.dynamic_ranges else d
+                                for d in info.shape))
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by name for ``feeds`` (numpy arrays by input name)."""
