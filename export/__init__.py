@@ -32,7 +32,8 @@ def build(model: str | None = None, *, checkpoint: str | Path | None = None, out
           shapes: dict[str, tuple[int, int, int]] | None = None, compute_capabilities: tuple[int, ...] = (),
           ema: bool = False, seed: int = 0) -> Path:
     """Build an artifact as ``build-engine`` does (same options, same defaults); returns its directory."""
-    from export.builder import BuildOptions, build_engine
+    from export.builder import build_engine
+    from export.options import BuildOptions
 
     options = BuildOptions(model, Path(out) if out is not None else None, backend, precision, attention,
                            Path(checkpoint) if checkpoint is not None else None, seed, shapes=shapes,

@@ -19,7 +19,7 @@ from export.errors import UserError
 from export.runtime import artifact_feeds
 from export.validate import validate
 from fourierformer.configs import config_from_dict
-from fourierformer.models import example_inputs
+from fourierformer.configs import example_arrays
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def bench_artifact(directory: Path, batches: list[int], seq: int | None, repeats
                 raise UserError(f"{directory} fails validation at batch {batch} ({worst.name}: normwise error "
                                 f"{worst.norm_rel:.2e}); not timing it")
             try:
-                feeds = artifact_feeds(artifact.manifest, example_inputs(config, batch=batch, seq=seq, seed=1))
+                feeds = artifact_feeds(artifact.manifest, example_arrays(config, batch=batch, seq=seq, seed=1))
             except ValueError as exc:
                 raise UserError(str(exc)) from exc
             for _ in range(warmup):

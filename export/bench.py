@@ -35,7 +35,8 @@ from export import cuda_kernel, plugin_library, tensorrt_backend
 from export.errors import UserError
 from export.op_model import attention_inputs, ort_op_model, portable_op_model
 from export.runtime import ort_session
-from export.validate import TOLERANCES, error_stats
+from export.options import TOLERANCES, Profiles
+from export.validate import error_stats
 from fourierformer import opspec
 from fourierformer.configs import ModelConfig
 from fourierformer.attention import fourier_attention_oracle, fourier_attention_reference
@@ -166,7 +167,7 @@ def _device_inference(runner) -> Callable[[Feeds], Feeds]:
     return infer
 
 
-def _engine_inference(proto: onnx.ModelProto, profiles: tensorrt_backend.Profiles,
+def _engine_inference(proto: onnx.ModelProto, profiles: Profiles,
                       library: Path | None) -> Callable[[Feeds], Feeds]:
     """_device_inference of an engine built from ``proto`` for this GPU (in a temporary folder)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,7 +179,7 @@ def _engine_inference(proto: onnx.ModelProto, profiles: tensorrt_backend.Profile
     return _device_inference(runner)
 
 
-def op_engine_source(shape: Shape, precision: str) -> tuple[onnx.ModelProto, tensorrt_backend.Profiles, Path | None]:
+def op_engine_source(shape: Shape, precision: str) -> tuple[onnx.ModelProto, Profiles, Path | None]:
     """The op's model in the installed TensorRT's form (our plugin with tensorrt, decomposed with tensorrt_rtx),
     its profile fixed to ``shape``, and the plugin library it needs (None when decomposed)."""
     from export.builder import passes_for, retarget
@@ -492,15 +493,17 @@ Variant = tuple[Callable[..., torch.Tensor], torch.dtype, float]
 def _tensorrt_model(case: ModelCase) -> Callable[..., torch.Tensor]:
     """The model as a float16 TensorRT engine for the case's batch (and sequence length), built as build-engine
     builds it (our plugin with tensorrt, attention decomposed with tensorrt_rtx), run on device tensors."""
-    from export.builder import BuildOptions, build_engine
-    from export.runtime import open_artifact
+    from export.builder import build_engine
+    from export.options import BuildOptions
+    from export.runtime import load_artifact
 
     shapes = {"batch": (case.batch,) * 3, **({"seq": (case.seq,) * 3} if case.seq else {})}
     with tempfile.TemporaryDirectory() as tmp:
         build_engine(BuildOptions(case.model, Path(tmp) / "engine", backend="tensorrt", precision="fp16",
                                   seed=0, shapes=shapes))  # the weights bench_model's eager model has
-        manifest, runner = open_artifact(Path(tmp) / "engine")
-    infer = _device_inference(runner)
+        artifact = load_artifact(Path(tmp) / "engine")
+    manifest = artifact.manifest
+    infer = _device_inference(artifact.polygraphy_runner())
     dtypes = {t.name: torch.from_numpy(np.empty(0, np.dtype(t.dtype))).dtype for t in manifest.inputs}
     output = manifest.outputs[0].name
 

@@ -12,15 +12,17 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import torch
-from polygraphy.backend.onnxrt import OnnxrtRunner
 
 from export import plugin_library
 from export.artifact import Manifest, TensorInfo, check_replaceable, staging_directory, write_manifest
 from export.errors import UserError
-from export.onnx_export import MAX_BATCH, OPSET, export_onnx
+from export.onnx_export import MAX_BATCH, export_onnx
+from export.options import (ATTENTIONS, BACKENDS, BUILT_DIR, PRECISIONS, BuildOptions, Profiles, check_applicable,
+                            default_timing_cache)
 from export.passes import GraphPass, cleanup, decompose, to_fp16, to_onnxruntime, to_tensorrt
-from export.runtime import artifact_feeds, ort_session, run
-from export.tensorrt_backend import Profiles, gpu_missing_reason, installed_flavour, plugin_tensorrt_version
+from export.runtime import Artifact, artifact_feeds, ort_session
+from export.tensorrt_backend import (check_compute_capabilities, gpu_missing_reason, installed_flavour,
+                                     plugin_tensorrt_version)
 from export.tensorrt_backend import build_engine as build_tensorrt_engine
 from fourierformer.checkpoints import CheckpointError, load_weights, read_checkpoint, resolve_config
 from fourierformer.configs import LMConfig, ModelConfig, config_to_dict, get_config
@@ -28,39 +30,10 @@ from fourierformer.models import create_model, example_inputs
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16")
-ATTENTIONS = ("plugin", "decomposed")
 ONNX_FILE = "model.onnx"
 ENGINE_FILE = "model.engine"
-DEFAULT_TIMING_CACHE = Path("build/tensorrt-timing.cache")
-"""The TensorRT timing cache read and updated by builds that name none."""
-BUILT_DIR = Path("engines/built")
-"""Where build-engine puts an artifact without --out: BUILT_DIR/MODEL[-ema]-BACKEND-PRECISION."""
-PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime-gpu", "onnx-graphsurgeon", "polygraphy", "tensorrt",
-            "tensorrt-rtx", "fourierformer-deploy")
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """What to build and where (TensorRT settings are ignored by the onnxruntime backend).
-
-    ``model`` names the architecture; it may be None with a ``checkpoint`` that says its own (see
-    :func:`load_model`). ``out`` None: ``BUILT_DIR/MODEL[-ema]-BACKEND-PRECISION`` with the resolved backend.
-    """
-
-    model: str | None
-    out: Path | None = None
-    backend: str = "auto"
-    precision: str = "fp32"
-    attention: str = "auto"
-    checkpoint: Path | None = None
-    seed: int = 0
-    opset: int = OPSET
-    shapes: Profiles | None = None
-    compute_capabilities: tuple[int, ...] = ()
-    timing_cache: Path | None = DEFAULT_TIMING_CACHE
-    ema: bool = False
+PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "onnx-graphsurgeon", "polygraphy",
+            "tensorrt", "tensorrt-rtx", "fourierformer-deploy")
 
 
 def resolve_backend(name: str) -> str:
@@ -205,15 +178,17 @@ def retarget(proto: onnx.ModelProto, passes: tuple[GraphPass, ...]) -> onnx.Mode
 def _smoke_run(directory: Path, manifest: Manifest, config: ModelConfig) -> None:
     """Run the ONNX Runtime artifact once on random inputs; UserError on non-finite outputs."""
     library = directory / manifest.plugin_library if manifest.plugin_library else None
-    runner = OnnxrtRunner(ort_session(directory / manifest.onnx_file, library))
+    artifact = Artifact(directory, manifest, ort_session(directory / manifest.onnx_file, library))
     feeds = artifact_feeds(manifest, example_inputs(config, batch=1))
-    if not all(np.isfinite(o).all() for o in run(runner, manifest, feeds).values()):
+    if not all(np.isfinite(o).all() for o in artifact.run(feeds).values()):
         raise UserError("the built model produced non-finite outputs on random inputs")
 
 
 def build_engine(options: BuildOptions) -> tuple[Path, Manifest]:
     """Build the artifact directory atomically; returns where it is and its manifest."""
     backend = resolve_backend(options.backend)
+    check_applicable(options, backend)
+    check_compute_capabilities(options.compute_capabilities)
     attention = resolve_attention(backend, options.attention)
     if options.precision not in PRECISIONS:
         raise UserError(f"unknown precision {options.precision!r}; choose one of: {', '.join(PRECISIONS)}")
@@ -246,7 +221,8 @@ def build_engine(options: BuildOptions) -> tuple[Path, Manifest]:
             log.info("[3/5] building the TensorRT engine (this can take minutes)")
             trt = build_tensorrt_engine(staging / ONNX_FILE, staging / ENGINE_FILE, profiles,
                                         list(options.compute_capabilities),
-                                        staging / library.name if library else None, options.timing_cache)
+                                        staging / library.name if library else None,
+                                        options.timing_cache or default_timing_cache())
             manifest.engine_file = ENGINE_FILE
             manifest.tensorrt = {"flavour": trt.flavour, "version": trt.version,
                                  "compute_capabilities": list(options.compute_capabilities),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import math
@@ -143,7 +144,8 @@ BUILD_DEFAULTS = {"backend": "auto", "precision": "fp32", "attention": "auto", "
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
     """Build an artifact directory for a backend (settings: flags over --recipe over defaults)."""
-    from export.builder import DEFAULT_TIMING_CACHE, BuildOptions, build_engine, resolve_backend
+    from export.builder import build_engine, resolve_backend
+    from export.options import BuildOptions
     from export.recipes import load_recipe
 
     settings = {**BUILD_DEFAULTS, **(load_recipe(args.recipe) if args.recipe else {})}
@@ -157,7 +159,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     settings["shapes"] = {**settings["shapes"], **dict(args.shapes or [])}
     options = BuildOptions(settings.get("model"), args.out, settings["backend"], settings["precision"],
                            settings["attention"], args.checkpoint, args.seed, args.opset, settings["shapes"] or None,
-                           tuple(settings["compute_capabilities"]), args.timing_cache or DEFAULT_TIMING_CACHE,
+                           tuple(settings["compute_capabilities"]), args.timing_cache,
                            args.ema)
     out, manifest = build_engine(options)
     print(f"built {out} ({manifest.model}: {manifest.backend}, {manifest.precision}, {manifest.attention} attention); "
@@ -170,8 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from export.runtime import artifact_feeds, load_artifact, load_npz
-    from fourierformer.configs import config_from_dict
-    from fourierformer.models import example_inputs
+    from fourierformer.configs import config_from_dict, example_arrays
 
     artifact = load_artifact(args.artifact)
     manifest = artifact.manifest
@@ -184,7 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             config = config_from_dict(manifest.config)
             if args.seq is not None and config.kind != "lm":
                 raise UserError("--seq applies to language models only")
-            inputs = example_inputs(config, DEFAULT_BATCH if args.batch is None else args.batch, args.seq,
+            inputs = example_arrays(config, DEFAULT_BATCH if args.batch is None else args.batch, args.seq,
                                     args.input_seed or 0)
         except ValueError as exc:
             raise UserError(str(exc)) from exc
@@ -338,10 +339,8 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    from export.builder import ATTENTIONS, BACKENDS, DEFAULT_TIMING_CACHE, PRECISIONS
-    from export.onnx_export import OPSET
+    from export.options import ATTENTIONS, BACKENDS, OPSET, PRECISIONS, TOLERANCES, default_timing_cache
     from export.recipes import recipe_names
-    from export.validate import TOLERANCES
 
     parser = argparse.ArgumentParser(prog=_prog(), description=DESCRIPTION, parents=[_verbosity()],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -394,7 +393,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--compute-capability", type=_capabilities, metavar="CC[,CC]",
                    help="TensorRT-RTX: build ahead of time for these GPUs, e.g. 86,89 (no GPU needed)")
     p.add_argument("--timing-cache", type=Path,
-                   help=f"TensorRT timing cache, read and updated (default {DEFAULT_TIMING_CACHE})")
+                   help=f"TensorRT timing cache, read and updated (default {default_timing_cache()})")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     p.add_argument("--out", type=Path, help="artifact directory (default engines/built/MODEL[-ema]-BACKEND-PRECISION, "
                                             "the backend resolved)")
@@ -461,11 +460,13 @@ def _configure_logging(verbose: bool, quiet: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
     for name in ("export", "fourierformer"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    from polygraphy.logger import G_LOGGER
+    if importlib.util.find_spec("polygraphy") is not None:  # absent where only ONNX Runtime is installed
+        from polygraphy.logger import G_LOGGER
 
-    G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.ERROR
+        G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.ERROR
     if not verbose:
-        logging.getLogger("torch").setLevel(logging.ERROR)
+        # torch configures its loggers when imported (later, lazily): TORCH_LOGS is what it reads then.
+        os.environ.setdefault("TORCH_LOGS", "-torch,-onnx")
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
 

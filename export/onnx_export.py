@@ -10,14 +10,13 @@ import onnx
 import torch
 from torch import nn
 
+from export.options import OPSET
 from fourierformer import opspec
 from fourierformer.configs import LMConfig, ModelConfig
 from fourierformer.models import example_inputs, output_names
 
 log = logging.getLogger(__name__)
 
-OPSET = 18
-"""Default ONNX opset: new enough for LayerNormalization, old enough for every TensorRT parser."""
 MAX_BATCH = 4096
 
 

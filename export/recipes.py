@@ -1,4 +1,5 @@
-"""Named build recipes: TOML files in ``engines/recipes/`` holding build-engine settings."""
+"""Named build recipes: TOML files holding build-engine settings, shipped with the package (``engines/recipes/``
+in a checkout)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,19 @@ import tomllib
 from pathlib import Path
 
 from export.errors import UserError
+from export.paths import recipes_dir
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "engines" / "recipes"
 KEYS = {"model", "backend", "precision", "attention", "shapes", "compute_capabilities"}
 
 
 def recipe_names() -> list[str]:
-    """Names of the recipes shipped in ``engines/recipes/``."""
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+    """Names of the shipped recipes."""
+    return sorted(p.stem for p in recipes_dir().glob("*.toml"))
 
 
 def load_recipe(name: str) -> dict:
     """The settings of recipe ``name`` (a shipped name or a path to a .toml file)."""
-    path = Path(name) if name.endswith(".toml") else RECIPES_DIR / f"{name}.toml"
+    path = Path(name) if name.endswith(".toml") else recipes_dir() / f"{name}.toml"
     if not path.is_file():
         raise UserError(f"unknown recipe {name!r}; shipped recipes: {', '.join(recipe_names())}")
     try:

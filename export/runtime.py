@@ -1,6 +1,6 @@
 """Running artifacts: ONNX Runtime sessions with our custom-op library, input checks, npz I/O, and
-:class:`Artifact`, the Python API's handle (``export.load``). Nothing here imports torch: running an ONNX Runtime
-artifact needs onnxruntime and numpy (the light Python packages onnx and Polygraphy are imported too)."""
+:class:`Artifact`, the Python API's handle (``export.load``). Running an ONNX Runtime artifact needs onnxruntime
+and numpy only: nothing here imports torch, onnx or Polygraphy (TensorRT artifacts run through Polygraphy)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,33 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-import onnxruntime as ort
-from polygraphy.backend.base import BaseRunner
-from polygraphy.backend.onnxrt import OnnxrtRunner
 
 from export.artifact import Manifest, load_manifest
 from export.errors import UserError
-from export.tensorrt_backend import tensorrt_runner
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+    from polygraphy.backend.base import BaseRunner
 
 log = logging.getLogger(__name__)
 
 
+def _onnxruntime():
+    """The onnxruntime module; UserError naming the extra to install if it is missing."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise UserError("ONNX Runtime is not installed: pip install 'fourierformer-deploy[onnxruntime]' "
+                        "(or [onnxruntime-gpu])") from exc
+    return onnxruntime
+
+
 def ort_session(onnx_path: Path | bytes, library: Path | None, threads: int = 0) -> ort.InferenceSession:
     """A CPU InferenceSession for ``onnx_path`` (a file or serialized model), with ``library`` registered if given."""
+    ort = _onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
@@ -48,16 +59,10 @@ def _open(directory: Path) -> tuple[Manifest, ort.InferenceSession | BaseRunner]
     if manifest.backend == "onnxruntime":
         return manifest, ort_session(directory / manifest.onnx_file, library)
     if manifest.backend == "tensorrt":
+        from export.tensorrt_backend import tensorrt_runner
+
         return manifest, tensorrt_runner(directory / manifest.engine_file, manifest.tensorrt, library)
     raise UserError(f"{directory} was built for backend {manifest.backend!r}, which this tool cannot run")
-
-
-def open_artifact(directory: Path) -> tuple[Manifest, BaseRunner]:
-    """Verify an artifact and return a Polygraphy runner for it (ONNX Runtime or TensorRT)."""
-    manifest, backend = _open(directory)
-    if isinstance(backend, ort.InferenceSession):
-        return manifest, OnnxrtRunner(backend, name="onnxruntime")
-    return manifest, backend
 
 
 def artifact_feeds(manifest: Manifest, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -84,14 +89,6 @@ def check_feeds(manifest: Manifest, feeds: dict[str, np.ndarray]) -> None:
             low, high = manifest.dimension_range(dim)
             if not low <= size <= high:
                 raise UserError(f"input {name!r} axis {axis} ({dim}) is {size}, outside {low}..{high}")
-
-
-def run(runner: BaseRunner, manifest: Manifest, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Check ``feeds`` against the manifest and run the artifact once; returns outputs by name."""
-    check_feeds(manifest, feeds)
-    with runner:
-        outputs = runner.infer(feeds)
-    return {t.name: np.array(outputs[t.name]) for t in manifest.outputs}
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -144,7 +141,7 @@ class Artifact:
         feeds = dict(feeds)
         check_feeds(self.manifest, feeds)
         names = [t.name for t in self.manifest.outputs]
-        if isinstance(self.backend, ort.InferenceSession):
+        if self._on_onnxruntime:
             return dict(zip(names, self.backend.run(names, feeds)))
         with self._lock:
             if not self.backend.is_active:
@@ -152,9 +149,21 @@ class Artifact:
             outputs = self.backend.infer(feeds)
             return {name: np.array(outputs[name]) for name in names}
 
+    @property
+    def _on_onnxruntime(self) -> bool:
+        return self.manifest.backend == "onnxruntime"
+
+    def polygraphy_runner(self) -> BaseRunner:
+        """The artifact as a Polygraphy runner (for Polygraphy's Comparator)."""
+        if not self._on_onnxruntime:
+            return self.backend
+        from polygraphy.backend.onnxrt import OnnxrtRunner
+
+        return OnnxrtRunner(self.backend, name="onnxruntime")
+
     def close(self) -> None:
         with self._lock:
-            if isinstance(self.backend, BaseRunner) and self.backend.is_active:
+            if not self._on_onnxruntime and self.backend.is_active:
                 self.backend.deactivate()
 
     def __enter__(self) -> "Artifact":

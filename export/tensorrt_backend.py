@@ -17,19 +17,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-
-import onnx
+from typing import TYPE_CHECKING
 
 from export.errors import UserError
+from export.options import Profiles
 from fourierformer import opspec
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
 FLAVOURS = ("tensorrt", "tensorrt_rtx")
 """Python modules of the two TensorRT flavours, preferred first."""
 
-Profiles = dict[str, tuple[int, int, int]]
-"""min, opt, max of each dynamic dimension, by the dimension's name in the ONNX model."""
 
 
 def installed_flavour() -> str | None:
@@ -67,6 +68,30 @@ def load_tensorrt() -> TensorRT:
         raise UserError("no TensorRT found: install `tensorrt` (with a GPU) or `tensorrt-rtx` (builds on any machine)")
     module = importlib.import_module(flavour)
     return TensorRT(module, flavour, module.__version__)
+
+
+UNUSABLE_CAPABILITIES = {75: "TensorRT-RTX cannot compile these models' matrix products for Turing (SM75: \"FP32 GEMM "
+                              "is not supported\")"}
+"""Compute capabilities the installed TensorRT-RTX lists but cannot build these models for (measured, 1.7)."""
+
+
+def check_compute_capabilities(capabilities: tuple[int, ...]) -> None:
+    """UserError unless the installed TensorRT can build ahead of time for every one of ``capabilities`` (checked
+    before the slow steps: TensorRT-RTX itself refuses them only after parsing the network)."""
+    if not capabilities:
+        return
+    trt = load_tensorrt()
+    if trt.flavour != "tensorrt_rtx":
+        raise UserError("--compute-capability needs TensorRT-RTX: full TensorRT builds for the GPU it runs on")
+    listed = sorted(int(name[2:]) for name in dir(trt.module.ComputeCapability) if name[2:].isdigit())
+    supported = [cc for cc in listed if cc not in UNUSABLE_CAPABILITIES]
+    for cc in capabilities:
+        if cc in UNUSABLE_CAPABILITIES:
+            raise UserError(f"cannot build for compute capability {cc}: {UNUSABLE_CAPABILITIES[cc]}; "
+                            f"{trt.flavour} {trt.version} builds for {', '.join(map(str, supported))}")
+        if cc not in listed:
+            raise UserError(f"{trt.flavour} {trt.version} cannot build for compute capability {cc}; it builds for "
+                            f"{', '.join(map(str, supported))}")
 
 
 def gpu_missing_reason() -> str | None:
@@ -139,9 +164,11 @@ def build_engine(onnx_path: Path, engine_path: Path, profiles: Profiles, compute
 def _build_engine(onnx_path: Path, engine_path: Path, profiles: Profiles, compute_capabilities: list[int],
                   plugin_library: Path | None, timing_cache: Path | None) -> TensorRT:
     """build_engine's work, letting Polygraphy's exceptions through."""
-    trt = load_tensorrt()
+    check_compute_capabilities(tuple(compute_capabilities))
+    import onnx
     from polygraphy.backend import trt as ptrt
 
+    trt = load_tensorrt()
     model = onnx.load(str(onnx_path), load_external_data=False)
     if plugin_library is None:
         check_no_plugin_nodes(model)
@@ -163,8 +190,6 @@ def _build_engine(onnx_path: Path, engine_path: Path, profiles: Profiles, comput
         caps = [divmod(cc, 10) for cc in compute_capabilities] or None
         config = CreateConfigRTX(compute_capabilities=caps, use_gpu=not caps, **common)
     else:
-        if compute_capabilities:
-            raise UserError("--compute-capability needs TensorRT-RTX: full TensorRT builds for the GPU it runs on")
         config = ptrt.CreateConfig(**common)
     if timing_cache:
         timing_cache.parent.mkdir(parents=True, exist_ok=True)

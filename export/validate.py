@@ -18,13 +18,13 @@ from polygraphy.comparator import Comparator, SimpleCompareFunc
 from export.artifact import Manifest
 from export.builder import rebuild_model
 from export.errors import UserError
-from export.runtime import artifact_feeds, check_feeds, open_artifact
+from export.options import TOLERANCES
+from export.runtime import artifact_feeds, check_feeds, load_artifact
 from fourierformer.configs import LMConfig, config_from_dict
 from fourierformer.models import example_inputs
 
 log = logging.getLogger(__name__)
 
-TOLERANCES = {"fp32": (1e-4, 1e-4, 1e-4), "fp16": (5e-2, 5e-2, 5e-3)}
 """Default (atol, rtol, max normwise error) by precision: an element fails only if it exceeds both atol and
 rtol (Polygraphy's rule); an output fails if ||out - eager|| / ||eager|| exceeds the normwise bound."""
 
@@ -102,7 +102,8 @@ def validate(directory: Path, batch: int = 2, seq: int | None = None, seed: int 
 
     Tolerances left as None take the defaults for the artifact's precision (:data:`TOLERANCES`).
     """
-    manifest, runner = open_artifact(directory)
+    artifact = load_artifact(directory)
+    manifest = artifact.manifest
     model = eager_model(manifest)
     config = model.config
     if seq is not None and not isinstance(config, LMConfig):
@@ -115,7 +116,7 @@ def validate(directory: Path, batch: int = 2, seq: int | None = None, seed: int 
     defaults = TOLERANCES[manifest.precision]
     atol, rtol, max_norm_error = (d if v is None else v for v, d in zip((atol, rtol, max_norm_error), defaults))
     names = [t.name for t in manifest.outputs]
-    runners = [runner, EagerRunner(model, names, feeds)]
+    runners = [artifact.polygraphy_runner(), EagerRunner(model, names, feeds)]
     results = Comparator.run(runners, data_loader=[feeds])
     accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
     built, eager = (iterations[0] for _, iterations in results)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal, Union
 
+import numpy as np
+
 from fourierformer import opspec
 
 AttentionKind = Literal["fourier", "softmax"]
@@ -123,3 +125,16 @@ def config_from_dict(data: dict) -> ModelConfig:
         return cls(**values)
     except TypeError as exc:
         raise ValueError(f"bad {kind} config: {exc}") from exc
+
+
+def example_arrays(config: ModelConfig, batch: int = 2, seq: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random named inputs as numpy arrays: int64 ``tokens`` for an LM (seq defaults to its context), float32
+    ``images`` for a ViT. Reproducible from ``seed``; needs no torch."""
+    rng = np.random.default_rng(seed)
+    if isinstance(config, LMConfig):
+        length = config.tgt_len if seq is None else seq
+        if not 1 <= length <= config.tgt_len:
+            raise ValueError(f"sequence length {length} is outside 1..{config.tgt_len} (the model's context)")
+        return {"tokens": rng.integers(0, config.n_token, (batch, length), dtype=np.int64)}
+    size = config.img_size
+    return {"images": rng.standard_normal((batch, config.in_chans, size, size), dtype=np.float32)}

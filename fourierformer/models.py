@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fourierformer.attention import FourierAttention
-from fourierformer.configs import LMConfig, ModelConfig, ViTConfig
+from fourierformer.configs import LMConfig, ModelConfig, ViTConfig, example_arrays
 
 LM_R_INIT = 2.0
 """Initial paramR of the language model's attention (the official FourierAttn's)."""
@@ -318,12 +318,5 @@ def output_names(config: ModelConfig) -> list[str]:
 
 
 def example_inputs(config: ModelConfig, batch: int = 2, seq: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random named inputs: ``tokens`` for an LM (seq defaults to its context), ``images`` for a ViT."""
-    gen = torch.Generator().manual_seed(seed)
-    if isinstance(config, LMConfig):
-        length = config.tgt_len if seq is None else seq
-        if not 1 <= length <= config.tgt_len:
-            raise ValueError(f"sequence length {length} is outside 1..{config.tgt_len} (the model's context)")
-        return {"tokens": torch.randint(0, config.n_token, (batch, length), generator=gen)}
-    size = config.img_size
-    return {"images": torch.randn(batch, config.in_chans, size, size, generator=gen)}
+    """:func:`fourierformer.configs.example_arrays` as CPU tensors."""
+    return {name: torch.from_numpy(value) for name, value in example_arrays(config, batch, seq, seed).items()}

@@ -24,7 +24,7 @@ from torch import nn
 import official_layout as official
 from export.artifact import MANIFEST, sha256_file
 from export.cli import EXIT_OK, EXIT_USER_ERROR, main
-from export.runtime import open_artifact, run
+from export.runtime import load_artifact
 from export.validate import error_stats
 
 BOUND = 1e-5
@@ -61,20 +61,20 @@ def files(tmp_path_factory) -> dict[str, tuple[Path, object, dict]]:
 
 def check_against_reference(artifact: Path, hyper, state: dict, seq: int = 20) -> dict[str, float]:
     """Run the artifact on random inputs and compare with the float64 reference; returns the errors."""
-    manifest, runner = open_artifact(artifact)
+    artifact = load_artifact(artifact)
     gen = torch.Generator().manual_seed(3)
     if isinstance(hyper, official.LMHyper):
         tokens = torch.randint(0, hyper.n_token, (2, seq + 1), generator=gen)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         reference, smallest = official.lm_log_probs(state, hyper, inputs)
-        out = run(runner, manifest, {"tokens": inputs.numpy()})["log_probs"]
+        out = artifact.run({"tokens": inputs.numpy()})["log_probs"]
         nll = -np.take_along_axis(out, targets.numpy()[..., None], -1)[..., 0]
         errors = {"log_probs": error_stats("log_probs", out, reference.numpy()).norm_rel,
                   "nll": error_stats("nll", nll, official.lm_nll(state, hyper, inputs, targets).numpy()).norm_rel}
     else:
         images = torch.randn(2, hyper.chans, hyper.img_size, hyper.img_size, generator=gen)
         reference, smallest = official.deit_logits(state, hyper, images)
-        out = run(runner, manifest, {"images": images.numpy()})["logits"]
+        out = artifact.run({"images": images.numpy()})["logits"]
         errors = {"logits": error_stats("logits", out, reference.numpy()).norm_rel}
     assert smallest >= MIN_ROW_SUM, f"vacuous: an attention row sums to {smallest:.3g}"
     return errors

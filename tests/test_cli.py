@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from export import builder as build_module
 from export.artifact import MANIFEST
 from export.cli import EXIT_OK, EXIT_USER_ERROR, EXIT_VALIDATION_FAILED, main
+from export.tensorrt_backend import installed_flavour
 from fourierformer.configs import get_config
 from fourierformer.models import create_model
 
@@ -350,3 +352,21 @@ def test_run_refuses_flags_that_do_not_apply(artifacts, tmp_path, capsys, args, 
     np.savez(tmp_path / "in.npz", images=np.zeros((1, 3, 32, 32), np.float32))
     assert cli("run", artifacts["tiny-vit"], *[a.format(tmp=tmp_path) for a in args]) == EXIT_USER_ERROR
     assert message in capsys.readouterr().err
+
+
+OUR_PROGRESS = re.compile(r"^(\[\d/5\] |exported ONNX: |building the plugin libraries |built |loaded plugin )"
+                          r"|^ *\S.* \(\d+ steps?\)$")
+"""build-engine's own stderr lines: its steps, the plugin build, and TensorRT's build phases (our progress monitor)."""
+
+
+@pytest.mark.parametrize("flags", [(), ("--backend", "tensorrt", "--precision", "fp16", "--compute-capability", "86")],
+                         ids=["onnxruntime", "tensorrt"])
+def test_a_successful_build_prints_no_third_party_lines(tmp_path, flags, ort_library):
+    """In a fresh process (torch, Polygraphy and TensorRT configure their loggers when first imported)."""
+    if flags and installed_flavour() is None:
+        pytest.skip("needs tensorrt or tensorrt-rtx (to build an engine)")
+    result = subprocess.run([sys.executable, "-m", "export", "build-engine", "--model", "tiny-vit", *flags,
+                             "--out", str(tmp_path / "artifact")], capture_output=True, text=True, timeout=900)
+    assert result.returncode == EXIT_OK, result.stderr
+    foreign = [line for line in result.stderr.splitlines() if not OUR_PROGRESS.search(line)]
+    assert not foreign, "\n".join(foreign)

@@ -23,7 +23,8 @@ set(_ff_ort_deb_version "1.21.0+dfsg-1")
 set(_ff_ort_deb_suite "trixie")
 set(_ff_ort_deb_sha256 "14f7d959d5deacbcf1504830d4189f91fc67382b399ed9ae9d3aa9c4050ced08")
 
-function(_ff_fail what)
+function(_ff_fail)
+  string(JOIN "" what ${ARGV})  # callers may split the text over several arguments
   message(FATAL_ERROR
     "FourierFormer: could not obtain ONNX Runtime headers: ${what}\n"
     "Either point CMake at an installation with -DONNXRUNTIME_INCLUDE_DIR=<dir containing "

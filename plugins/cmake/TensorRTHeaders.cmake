@@ -23,7 +23,8 @@ set(_ff_trt_wheel_version "2.0.1")
 set(_ff_trt_wheel_sha256 "07cc714e8b5e7f34b672f7c7fad93febe7c747be5837ba276b1527370134ffe0")
 set(_ff_trt_wheel_subdir "kernel_lens/include/tensorrt")
 
-function(_ff_trt_fail what)
+function(_ff_trt_fail)
+  string(JOIN "" what ${ARGV})  # callers may split the text over several arguments
   message(FATAL_ERROR
     "FourierFormer: could not obtain TensorRT headers: ${what}\n"
     "Either point CMake at an installation with -DTENSORRT_INCLUDE_DIR=<dir containing NvInfer.h> "
