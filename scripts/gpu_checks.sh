@@ -66,16 +66,16 @@ ptxas_report() {  # registers / spills / shared memory per kernel instance, for 
     plugins/cuda/fourier_attention_cuda.cu -o /dev/null
 }
 
-# The test imports conftest.py, which needs polygraphy (and onnx_graphsurgeon): pure-Python packages that a
-# machine without network may lack. Missing ones are taken from a carried .venv (symlinked, nothing installed).
+# The test imports conftest.py, which needs polygraphy (and onnx_graphsurgeon), and the command line needs
+# platformdirs: pure-Python packages that a machine without network may lack. Missing ones are taken from a carried .venv (symlinked, nothing installed).
 EXTRA_PYTHONPATH=""
 python_deps() {
   local missing=0 mod src
   mkdir -p "$BUILD_DIR/pypath"
-  for mod in torch numpy onnx onnxruntime pytest hypothesis polygraphy onnx_graphsurgeon; do
+  for mod in torch numpy onnx onnxruntime pytest hypothesis polygraphy onnx_graphsurgeon platformdirs; do
     if "$PYTHON" -c "import $mod" 2>/dev/null; then echo "python module $mod: ok"; continue; fi
     src=$(ls -d .venv/lib/python3*/site-packages/"$mod" 2>/dev/null | head -1)
-    if [ -n "$src" ] && { [ "$mod" = polygraphy ] || [ "$mod" = onnx_graphsurgeon ]; }; then
+    if [ -n "$src" ] && case "$mod" in polygraphy|onnx_graphsurgeon|platformdirs) true;; *) false;; esac; then
       ln -sfn "$PWD/$src" "$BUILD_DIR/pypath/$mod"
       EXTRA_PYTHONPATH="$BUILD_DIR/pypath"
       echo "python module $mod: missing, using $src"
