@@ -32,6 +32,9 @@ typical use:
 """
 
 EXIT_OK, EXIT_VALIDATION_FAILED, EXIT_USER_ERROR = 0, 1, 2
+EXTRA_OF = {**dict.fromkeys(("torch", "onnx", "onnxscript", "onnx_graphsurgeon", "polygraphy", "safetensors"), "export"),
+            "onnxruntime": "onnxruntime", "matplotlib": "plot"}
+"""The package extra that installs each optional top-level module the commands import."""
 
 
 def _model_help() -> str:
@@ -487,6 +490,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             log.exception("error")
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ModuleNotFoundError as exc:
+        extra = EXTRA_OF.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        if args.verbose:
+            log.exception("error")
+        print(f"error: {args.command} needs the Python package {exc.name}, which is not installed: "
+              f"pip install 'fourierformer-deploy[{extra}]'", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

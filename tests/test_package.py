@@ -115,3 +115,8 @@ def test_an_onnxruntime_only_install_runs_the_artifact_without_torch(installed, 
     summary = json.loads(_run([str(venv / "bin" / "fourierformer-deploy"), "run", str(artifact), "--json"],
                               tmp_path, env).stdout)
     assert summary["outputs"]["logits"]["shape"] == [2, 10]
+    validate = subprocess.run([str(venv / "bin" / "fourierformer-deploy"), "validate", str(artifact)], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=300)
+    assert validate.returncode == 2 and "Traceback" not in validate.stderr, validate.stderr
+    assert validate.stderr.strip() == ("error: validate needs the Python package torch, which is not installed: "
+                                       "pip install 'fourierformer-deploy[export]'")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from export import builder as build_module
 from export.builder import tensorrt_profiles
 from export.cli import EXIT_OK, EXIT_USER_ERROR, main
 from export.errors import UserError
@@ -135,7 +136,6 @@ def test_running_an_engine_without_gpu_says_what_is_missing(engines, capsys, com
     (["batch=4:2:8"], "must satisfy"),
     (["seq=1:2:3"], "not a dynamic dimension of this model"),
     (["batch=1:2"], "expected NAME=MIN:OPT:MAX"),
-    (["batch=1:1:2", "--compute-capability", "70"], "SM70) not supported"),
 ])
 def test_bad_profiles_are_clear_errors(tmp_path, capsys, shapes, message):
     try:
@@ -145,6 +145,26 @@ def test_bad_profiles_are_clear_errors(tmp_path, capsys, shapes, message):
         code = exc.code
     assert code == EXIT_USER_ERROR
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("capability, message", [
+    ("70", "cannot build for compute capability 70; it builds for 80, 86"),
+    ("90", "cannot build for compute capability 90; it builds for"),
+    ("75", "cannot build for compute capability 75: TensorRT-RTX cannot compile"),
+])
+def test_compute_capabilities_tensorrt_rtx_cannot_build_for_are_refused_before_the_export(
+        tmp_path, capsys, monkeypatch, capability, message):
+    if installed_flavour() != "tensorrt_rtx":
+        pytest.skip("needs tensorrt-rtx as the installed TensorRT (it builds ahead of time)")
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the model was exported before the compute capability was checked")
+
+    monkeypatch.setattr(build_module, "export_onnx", no_export)
+    assert main(["build-engine", "--model", "tiny-vit", "--backend", "tensorrt", "--compute-capability",
+                 f"86,{capability}", "--out", str(tmp_path / "x")]) == EXIT_USER_ERROR
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("name", recipe_names())
