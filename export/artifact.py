@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import types
+import typing
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
 
 from export.errors import UserError
+from export.options import ATTENTIONS, BACKENDS, PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,17 @@ class TensorInfo:
     name: str
     dtype: str
     shape: list[int | str]
+
+
+@dataclass
+class TensorRTInfo:
+    """How a TensorRT engine was built: flavour and version, ahead-of-time targets, profiles, plugin headers."""
+
+    flavour: str
+    version: str
+    compute_capabilities: list[int]
+    profiles: dict[str, list[int]]
+    plugin_built_for: str | None = None
 
 
 @dataclass
@@ -47,7 +62,7 @@ class Manifest:
     versions: dict[str, str]
     plugin_library: str | None = None
     engine_file: str | None = None
-    tensorrt: dict | None = None
+    tensorrt: TensorRTInfo | None = None
     files: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -56,13 +71,10 @@ class Manifest:
         low, high = self.dynamic_ranges.get(dim, (dim, dim)) if isinstance(dim, str) else (dim, dim)
         return low, high
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "Manifest":
-        """Inverse of ``asdict``; TypeError on missing or unknown keys."""
-        data = dict(data)
-        data["inputs"] = [TensorInfo(**t) for t in data["inputs"]]
-        data["outputs"] = [TensorInfo(**t) for t in data["outputs"]]
-        return cls(**data)
+    def used_files(self) -> dict[str, str]:
+        """The files the artifact's backend loads, by manifest field."""
+        used = {"onnx_file": self.onnx_file, "engine_file": self.engine_file, "plugin_library": self.plugin_library}
+        return {name: value for name, value in used.items() if value is not None}
 
 
 def sha256_file(path: Path) -> str:
@@ -111,24 +123,148 @@ def write_manifest(directory: Path, manifest: Manifest) -> None:
     (directory / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n")
 
 
-def load_manifest(directory: Path, verify: bool = True) -> Manifest:
-    """Read an artifact's manifest and (by default) check every file against its recorded sha256."""
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise UserError(f"{directory} is not an artifact directory: no {MANIFEST} (build one with `python -m export build-engine`)")
-    try:
-        manifest = Manifest.from_dict(json.loads(path.read_text()))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise UserError(f"{path} is not a valid manifest: {exc}") from exc
+MAX_MANIFEST_BYTES = 1 << 24
+ENUMS = {"backend": BACKENDS, "precision": PRECISIONS, "attention": ATTENTIONS}
+DTYPES = ("float32", "float16", "int64", "int32")
+"""The tensor dtypes an artifact's inputs and outputs may have."""
+
+
+def _describe(hint: Any) -> str:
+    """A type hint in words, for errors."""
+    if dataclasses.is_dataclass(hint):
+        return "an object"
+    return str(hint) if typing.get_origin(hint) else hint.__name__
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """``value`` read from JSON as ``hint`` (nested dataclasses built); ValueError naming ``where`` if it isn't."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _typed(value, option, where)
+            except ValueError:
+                continue
+    elif dataclasses.is_dataclass(hint):
+        return _dataclass(hint, value, where)
+    elif origin is list:
+        if isinstance(value, list):
+            return [_typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            return {k: _typed(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ValueError(f"field {where} must be {_describe(hint)}, not {json.dumps(value)[:60]}")
+
+
+def _dataclass(cls: type, data: Any, where: str) -> Any:
+    """A ``cls`` from a JSON object, every field checked; ValueError naming a missing, unknown or mistyped one."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{'field ' + where if where else 'the manifest'} must be an object")
+    prefix = f"{where}." if where else ""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"unknown field {prefix}{unknown[0]}")
+    hints = typing.get_type_hints(cls)
+    for name, spec in known.items():
+        if name not in data and spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+            raise ValueError(f"missing field {prefix}{name}")
+    return cls(**{name: _typed(value, hints[name], prefix + name) for name, value in data.items()})
+
+
+def _check_values(manifest: Manifest) -> None:
+    """ValueError naming the first field whose value is outside what the tool accepts."""
     if manifest.format_version != FORMAT_VERSION:
-        raise UserError(f"{path} has format version {manifest.format_version}; this tool reads {FORMAT_VERSION}")
+        raise ValueError(f"format version {manifest.format_version}; this tool reads {FORMAT_VERSION}")
+    for name, allowed in ENUMS.items():
+        if getattr(manifest, name) not in allowed:
+            raise ValueError(f"field {name} is {getattr(manifest, name)!r}; expected one of {', '.join(allowed)}")
+    for dim, bounds in manifest.dynamic_ranges.items():
+        if len(bounds) != 2 or not 1 <= bounds[0] <= bounds[1]:
+            raise ValueError(f"field dynamic_ranges.{dim} must be [min, max] with 1 <= min <= max")
+    for kind in ("inputs", "outputs"):
+        for i, tensor in enumerate(getattr(manifest, kind)):
+            if tensor.dtype not in DTYPES:
+                raise ValueError(f"field {kind}[{i}].dtype is {tensor.dtype!r}; expected one of {', '.join(DTYPES)}")
+            for dim in tensor.shape:
+                if isinstance(dim, str) and dim not in manifest.dynamic_ranges or isinstance(dim, int) and dim < 1:
+                    raise ValueError(f"field {kind}[{i}].shape has {dim!r}: neither a size >= 1 nor a dimension "
+                                     "named in dynamic_ranges")
+    if (manifest.backend == "tensorrt") != (manifest.engine_file is not None and manifest.tensorrt is not None):
+        raise ValueError("fields engine_file and tensorrt must be given exactly for the tensorrt backend")
+
+
+def _relative_name(name: str, where: str) -> None:
+    """ValueError unless ``name`` is a plain relative path inside the artifact (no '..', absolute or odd parts)."""
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or ".." in path.parts or "\\" in name or str(path) != name:
+        raise ValueError(f"{where} {name!r} is not a relative path inside the artifact")
+
+
+def _check_listing(directory: Path, manifest: Manifest) -> None:
+    """UserError unless the directory holds exactly the manifest and the files it lists, all regular files
+    inside it (no symlinks), and every file the backend uses is listed."""
+    try:
+        for where, name in manifest.used_files().items():
+            _relative_name(name, f"field {where}")
+            if name not in manifest.files:
+                raise ValueError(f"field {where} names {name!r}, which is not listed in files")
+        for name in manifest.files:
+            _relative_name(name, "files entry")
+    except ValueError as exc:
+        raise UserError(f"{directory / MANIFEST}: {exc}") from exc
+    root = directory.resolve()
+    for name in manifest.files:
+        path = directory / name
+        if any(p.is_symlink() for p in (path, *path.parents) if p.is_relative_to(directory) and p != directory):
+            raise UserError(f"artifact {directory}: {name} is a symbolic link (refused: it could lead outside)")
+        if not path.is_file() or not path.resolve().is_relative_to(root):
+            raise UserError(f"artifact {directory} is missing {name}" + (
+                " (the plugin library)" if name == manifest.plugin_library else ""))
+    for path in sorted(directory.rglob("*")):
+        name = path.relative_to(directory).as_posix()
+        if path.is_symlink() and name not in manifest.files:
+            raise UserError(f"artifact {directory}: {name} is a symbolic link (refused: it could lead outside)")
+        if not path.is_dir() and name != MANIFEST and name not in manifest.files:
+            raise UserError(f"artifact {directory} holds {name}, which its manifest does not list (refused)")
+
+
+def read_manifest(directory: Path) -> Manifest:
+    """An artifact's manifest, checked against the schema (types, enums, required fields); no file is read."""
+    path = directory / MANIFEST
+    if path.is_symlink() or not path.is_file():
+        raise UserError(f"{directory} is not an artifact directory: no {MANIFEST} (build one with "
+                        "`fourierformer-deploy build-engine`)")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise UserError(f"{path} is not a valid manifest: larger than {MAX_MANIFEST_BYTES >> 20} MiB")
+    try:
+        manifest = _dataclass(Manifest, json.loads(path.read_bytes()), "")
+        _check_values(manifest)
+    except (ValueError, RecursionError) as exc:  # json's errors are ValueErrors
+        raise UserError(f"{path} is not a valid manifest: {exc}") from exc
+    return manifest
+
+
+def load_manifest(directory: Path, verify: bool = True) -> Manifest:
+    """Read and check an artifact's manifest; by default also its listing (every file the backend uses inside
+    the directory and listed, nothing else there, no symlinks) and every file against its sha256."""
+    manifest = read_manifest(directory)
     if verify:
+        _check_listing(directory, manifest)
         for name, expected in manifest.files.items():
-            file = directory / name
-            if not file.is_file():
-                raise UserError(f"artifact {directory} is missing {name}" + (
-                    " (the plugin library)" if name == manifest.plugin_library else ""))
-            if sha256_file(file) != expected:
+            if sha256_file(directory / name) != expected:
                 raise UserError(f"artifact {directory}: {name} does not match its sha256 in {MANIFEST} (modified or corrupt)")
         log.debug("verified %d files of %s", len(manifest.files), directory)
     return manifest
+
+
+def read_verified(directory: Path, manifest: Manifest, name: str) -> bytes:
+    """The bytes of a listed file, read once and checked against its sha256 (what is used is what was hashed)."""
+    data = (directory / name).read_bytes()
+    if hashlib.sha256(data).hexdigest() != manifest.files[name]:
+        raise UserError(f"artifact {directory}: {name} does not match its sha256 in {MANIFEST} (modified or corrupt)")
+    return data

@@ -32,10 +32,11 @@ import onnxruntime as ort
 import torch
 
 from export import cuda_kernel, plugin_library, tensorrt_backend
+from export.artifact import TensorRTInfo
 from export.errors import UserError
 from export.op_model import attention_inputs, ort_op_model, portable_op_model
-from export.runtime import ort_session
 from export.options import TOLERANCES, Profiles
+from export.runtime import ort_session
 from export.validate import error_stats
 from fourierformer import opspec
 from fourierformer.configs import ModelConfig
@@ -174,8 +175,8 @@ def _engine_inference(proto: onnx.ModelProto, profiles: Profiles,
         onnx_path, engine_path = Path(tmp) / "model.onnx", Path(tmp) / "model.engine"
         onnx.save(proto, onnx_path)
         trt = tensorrt_backend.build_engine(onnx_path, engine_path, profiles, [], library, None)
-        built_with = {"flavour": trt.flavour, "version": trt.version, "compute_capabilities": []}
-        runner = tensorrt_backend.tensorrt_runner(engine_path, built_with, library)
+        built_with = TensorRTInfo(trt.flavour, trt.version, [], {})
+        runner = tensorrt_backend.tensorrt_runner(engine_path.read_bytes(), built_with, library)
     return _device_inference(runner)
 
 

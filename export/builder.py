@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 import torch
 
 from export import plugin_library
-from export.artifact import Manifest, TensorInfo, check_replaceable, staging_directory, write_manifest
+from export.artifact import Manifest, TensorInfo, TensorRTInfo, check_replaceable, staging_directory, write_manifest
 from export.errors import UserError
 from export.onnx_export import MAX_BATCH, export_onnx
 from export.options import (ATTENTIONS, BACKENDS, BUILT_DIR, PRECISIONS, BuildOptions, Profiles, check_applicable,
@@ -22,7 +22,7 @@ from export.options import (ATTENTIONS, BACKENDS, BUILT_DIR, PRECISIONS, BuildOp
 from export.passes import GraphPass, cleanup, decompose, to_fp16, to_onnxruntime, to_tensorrt
 from export.runtime import Artifact, artifact_feeds, ort_session
 from export.tensorrt_backend import (check_compute_capabilities, gpu_missing_reason, installed_flavour,
-                                     plugin_tensorrt_version)
+                                     load_tensorrt, plugin_tensorrt_version)
 from export.tensorrt_backend import build_engine as build_tensorrt_engine
 from fourierformer.checkpoints import CheckpointError, load_weights, read_checkpoint, resolve_config
 from fourierformer.configs import LMConfig, ModelConfig, config_to_dict, get_config
@@ -188,6 +188,8 @@ def build_engine(options: BuildOptions) -> tuple[Path, Manifest]:
     """Build the artifact directory atomically; returns where it is and its manifest."""
     backend = resolve_backend(options.backend)
     check_applicable(options, backend)
+    if backend == "tensorrt":
+        load_tensorrt()  # before any slow step: says what to install
     check_compute_capabilities(options.compute_capabilities)
     attention = resolve_attention(backend, options.attention)
     if options.precision not in PRECISIONS:
@@ -196,7 +198,7 @@ def build_engine(options: BuildOptions) -> tuple[Path, Manifest]:
     config = loaded.config
     out = options.out or BUILT_DIR / f"{loaded.name}{'-ema' if options.ema else ''}-{backend}-{options.precision}"
     check_replaceable(out)  # before any slow step
-    log.info("[1/5] building %s", "plugin library" if attention == "plugin" else "model (decomposed attention)")
+    log.info("[1/5] %s", "finding the plugin library" if attention == "plugin" else "attention decomposed: no plugin")
     library = (plugin_library.ort_library() if backend == "onnxruntime" else plugin_library.trt_plugin_library()) \
         if attention == "plugin" else None
     profiles = tensorrt_profiles(config, options.shapes) if backend == "tensorrt" else export_ranges(config)
@@ -224,10 +226,9 @@ def build_engine(options: BuildOptions) -> tuple[Path, Manifest]:
                                         staging / library.name if library else None,
                                         options.timing_cache or default_timing_cache())
             manifest.engine_file = ENGINE_FILE
-            manifest.tensorrt = {"flavour": trt.flavour, "version": trt.version,
-                                 "compute_capabilities": list(options.compute_capabilities),
-                                 "profiles": {name: list(p) for name, p in profiles.items()},
-                                 "plugin_built_for": plugin_tensorrt_version(library) if library else None}
+            manifest.tensorrt = TensorRTInfo(trt.flavour, trt.version, list(options.compute_capabilities),
+                                             {name: list(p) for name, p in profiles.items()},
+                                             plugin_tensorrt_version(library) if library else None)
         log.info("[4/5] hashing files")
         write_manifest(staging, manifest)
         log.info("[5/5] writing %s", out)

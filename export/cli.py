@@ -24,11 +24,11 @@ Deploy FourierFormer models: export to ONNX with one FourierAttention node per
 attention layer, retarget the graph to a backend, build a verified artifact.
 
 typical use:
-  python -m export build-engine --model tiny-vit --out engines/built/tiny-vit
-  python -m export validate engines/built/tiny-vit
-  python -m export run engines/built/tiny-vit --input in.npz --output out.npz
-  python -m export build-engine --checkpoint output/checkpoint.pth   # trained with the official DeiT code
-  python -m export build-engine --checkpoint LM-TFM/model.pt         # trained with the official LM code
+  {prog} build-engine --model tiny-vit --out engines/built/tiny-vit
+  {prog} validate engines/built/tiny-vit
+  {prog} run engines/built/tiny-vit --input in.npz --output out.npz
+  {prog} build-engine --checkpoint output/checkpoint.pth   # trained with the official DeiT code
+  {prog} build-engine --checkpoint LM-TFM/model.pt         # trained with the official LM code
 """
 
 EXIT_OK, EXIT_VALIDATION_FAILED, EXIT_USER_ERROR = 0, 1, 2
@@ -166,7 +166,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
                            args.ema)
     out, manifest = build_engine(options)
     print(f"built {out} ({manifest.model}: {manifest.backend}, {manifest.precision}, {manifest.attention} attention); "
-          f"check it with: python -m export validate {out}")
+          f"check it with: {_prog()} validate {out}")
     return EXIT_OK
 
 
@@ -345,7 +345,8 @@ def make_parser() -> argparse.ArgumentParser:
     from export.options import ATTENTIONS, BACKENDS, OPSET, PRECISIONS, TOLERANCES, default_timing_cache
     from export.recipes import recipe_names
 
-    parser = argparse.ArgumentParser(prog=_prog(), description=DESCRIPTION, parents=[_verbosity()],
+    prog = _prog()
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION.format(prog=prog), parents=[_verbosity()],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.set_defaults(verbose=False, quiet=False)  # on its own actions: the commands' must stay SUPPRESS
     verbosity = _verbosity()
@@ -376,14 +377,14 @@ def make_parser() -> argparse.ArgumentParser:
                             "write DIR atomically:\nthe ONNX model, the engine, the plugin library and "
                             "manifest.json (hashes, shapes, versions).",
                 epilog="examples:\n"
-                       "  python -m export build-engine --model tiny-vit\n"
-                       "  python -m export build-engine --checkpoint output/checkpoint.pth    # official DeiT\n"
-                       "  python -m export build-engine --checkpoint LM-TFM/model.pt          # official LM\n"
-                       "  python -m export build-engine --recipe deit-tiny-fp16\n"
-                       "  python -m export build-engine --model tiny-lm --backend tensorrt --precision fp16 \\\n"
+                       f"  {prog} build-engine --model tiny-vit\n"
+                       f"  {prog} build-engine --checkpoint output/checkpoint.pth    # official DeiT\n"
+                       f"  {prog} build-engine --checkpoint LM-TFM/model.pt          # official LM\n"
+                       f"  {prog} build-engine --recipe deit-tiny-fp16\n"
+                       f"  {prog} build-engine --model tiny-lm --backend tensorrt --precision fp16 \\\n"
                        "      --shapes batch=1:4:8 seq=1:64:64 --compute-capability 86,89")
     _add_weights(p)
-    p.add_argument("--recipe", help=f"settings from engines/recipes/NAME.toml or a .toml path ({', '.join(recipe_names())}); "
+    p.add_argument("--recipe", help=f"settings from a shipped recipe ({', '.join(recipe_names())}) or a .toml file; "
                                     "flags override it")
     p.add_argument("--backend", choices=("auto", *BACKENDS),
                    help="target runtime; auto: tensorrt where a TensorRT runtime and GPU exist, else onnxruntime")
@@ -460,7 +461,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def _configure_logging(verbose: bool, quiet: bool = False) -> None:
     """Progress at INFO on stderr for our loggers (warnings only when quiet); third-party chatter only when verbose."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    # -v: our debug lines, but only the INFO lines of other libraries (onnxscript's debug output is thousands).
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
     for name in ("export", "fourierformer"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     if importlib.util.find_spec("polygraphy") is not None:  # absent where only ONNX Runtime is installed
@@ -468,8 +470,6 @@ def _configure_logging(verbose: bool, quiet: bool = False) -> None:
 
         G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.ERROR
     if not verbose:
-        # torch configures its loggers when imported (later, lazily): TORCH_LOGS is what it reads then.
-        os.environ.setdefault("TORCH_LOGS", "-torch,-onnx")
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
+from typing import Iterator
 
 import onnx
 import torch
@@ -33,11 +35,31 @@ def _dynamic_shapes(config: ModelConfig) -> dict[str, dict[int, torch.export.Dim
     return {"images": {0: batch}}
 
 
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """Silence torch's exporter chatter (torchvision missing, deprecations) unless our debug log is on (-v)."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("torch", "torch.onnx")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
 def export_onnx(model: nn.Module, config: ModelConfig, opset: int = OPSET) -> onnx.ModelProto:
     """Export ``model`` with the dynamo exporter and check the result with ``onnx.checker``."""
     inputs = example_inputs(config, batch=2, seq=None if not isinstance(config, LMConfig) else min(8, config.tgt_len))
     quiet = io.StringIO()
-    with torch.no_grad(), contextlib.redirect_stdout(quiet):
+    with torch.no_grad(), contextlib.redirect_stdout(quiet), _quiet_torch():
         program = torch.onnx.export(
             model, (), kwargs=inputs, dynamo=True, dynamic_shapes=_dynamic_shapes(config),
             input_names=list(inputs), output_names=output_names(config), opset_version=opset,

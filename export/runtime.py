@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from export.artifact import Manifest, load_manifest
+from export.artifact import Manifest, load_manifest, read_verified, sha256_file
 from export.errors import UserError
 
 if TYPE_CHECKING:
@@ -52,17 +52,32 @@ def ort_session(onnx_path: Path | bytes, library: Path | None, threads: int = 0)
         raise UserError(f"ONNX Runtime cannot load the model: {exc}") from exc
 
 
-def _open(directory: Path) -> tuple[Manifest, ort.InferenceSession | BaseRunner]:
-    """Verify an artifact; its ONNX Runtime session, or its TensorRT runner (Polygraphy)."""
-    manifest = load_manifest(directory)
-    library = directory / manifest.plugin_library if manifest.plugin_library else None
-    if manifest.backend == "onnxruntime":
-        return manifest, ort_session(directory / manifest.onnx_file, library)
-    if manifest.backend == "tensorrt":
-        from export.tensorrt_backend import tensorrt_runner
+def _own_library(directory: Path, manifest: Manifest) -> Path | None:
+    """The plugin library to load for an artifact: this installation's own, once the artifact's is found to be
+    byte-identical to it. An artifact cannot make the tool load native code it brought."""
+    if manifest.plugin_library is None:
+        return None
+    from export import plugin_library
 
-        return manifest, tensorrt_runner(directory / manifest.engine_file, manifest.tensorrt, library)
-    raise UserError(f"{directory} was built for backend {manifest.backend!r}, which this tool cannot run")
+    ours = plugin_library.ort_library() if manifest.backend == "onnxruntime" else plugin_library.trt_plugin_library()
+    if sha256_file(ours) != manifest.files[manifest.plugin_library]:
+        raise UserError(f"artifact {directory}: its plugin library {manifest.plugin_library} differs from this "
+                        f"installation's ({ours}), and no native code is loaded from an artifact: rebuild the "
+                        "artifact with this installation")
+    return ours
+
+
+def _open(directory: Path) -> tuple[Manifest, ort.InferenceSession | BaseRunner]:
+    """Verify an artifact; its ONNX Runtime session, or its TensorRT runner (Polygraphy). The model or engine
+    is used as the bytes that were hashed, and no file is loaded before every check passed."""
+    manifest = load_manifest(directory)
+    library = _own_library(directory, manifest)
+    if manifest.backend == "onnxruntime":
+        return manifest, ort_session(read_verified(directory, manifest, manifest.onnx_file), library)
+    from export.tensorrt_backend import tensorrt_runner
+
+    return manifest, tensorrt_runner(read_verified(directory, manifest, manifest.engine_file), manifest.tensorrt,
+                                     library)
 
 
 def artifact_feeds(manifest: Manifest, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -9,9 +9,11 @@ capabilities, on a machine without a GPU; running any engine needs a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import importlib.util
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from export.artifact import TensorRTInfo
 from export.errors import UserError
 from export.options import Profiles
 from fourierformer import opspec
@@ -151,14 +154,29 @@ def build_engine(onnx_path: Path, engine_path: Path, profiles: Profiles, compute
                  plugin_library: Path | None, timing_cache: Path | None) -> TensorRT:
     """Build a strongly typed engine from ``onnx_path`` into ``engine_path``; returns the TensorRT used.
 
-    Polygraphy's own errors (an unsupported compute capability, a parser failure) become UserErrors.
+    TensorRT's log (printed by Polygraphy) is kept out of the output: shown with -v, and its error lines are
+    added to the UserError of a failed build. TensorRT-RTX logs errors even on builds that succeed (CUDA driver
+    calls on a machine without a GPU). Polygraphy's own errors (a parser failure) become UserErrors.
     """
     from polygraphy.exception import PolygraphyException
 
+    log_text = io.StringIO()
     try:
-        return _build_engine(onnx_path, engine_path, profiles, compute_capabilities, plugin_library, timing_cache)
+        with contextlib.redirect_stdout(log_text):
+            return _build_engine(onnx_path, engine_path, profiles, compute_capabilities, plugin_library, timing_cache)
     except PolygraphyException as exc:
-        raise UserError(f"TensorRT build failed: {exc}") from exc
+        raise UserError(f"TensorRT build failed: {exc}{_error_lines(log_text.getvalue())}") from exc
+    except UserError as exc:
+        raise UserError(f"{exc}{_error_lines(log_text.getvalue())}") from exc
+    finally:
+        if log_text.getvalue():
+            log.debug("TensorRT's log:\n%s", log_text.getvalue().rstrip())
+
+
+def _error_lines(text: str) -> str:
+    """TensorRT's error lines from its log, indented on lines of their own (empty if none)."""
+    errors = [line for line in text.splitlines() if line.startswith("[E]")]
+    return "".join(f"\n  {line}" for line in errors)
 
 
 def _build_engine(onnx_path: Path, engine_path: Path, profiles: Profiles, compute_capabilities: list[int],
@@ -196,7 +214,7 @@ def _build_engine(onnx_path: Path, engine_path: Path, profiles: Profiles, comput
     network = ptrt.NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
     engine = ptrt.EngineBytesFromNetwork(network, config, save_timing_cache=str(timing_cache) if timing_cache else None)()
     if engine is None:
-        raise UserError("TensorRT failed to build the engine (see its log above)")
+        raise UserError("TensorRT failed to build the engine")
     engine_path.write_bytes(bytes(engine))
     return trt
 
@@ -216,7 +234,7 @@ def load_plugin_library(trt: TensorRT, library: Path) -> None:
     built_for = plugin_tensorrt_version(library)
     if built_for.split(".")[0] != trt.version.split(".")[0]:
         raise UserError(f"plugin {library} was built against TensorRT {built_for} headers but TensorRT {trt.version} "
-                        "is installed: rebuild it (python -m export build-plugins --force) with matching headers")
+                        "is installed: rebuild it (fourierformer-deploy build-plugins --force) with matching headers")
     if trt.module.get_plugin_registry().load_library(str(library)) is None:
         raise UserError(f"TensorRT could not load the plugin library {library}")
     log.info("loaded plugin %s %s (built for TensorRT %s)", opspec.OP_TYPE, opspec.PLUGIN_VERSION, built_for)
@@ -232,21 +250,21 @@ def _device_compute_capability() -> int:
     return major.value * 10 + minor.value
 
 
-def tensorrt_runner(engine_path: Path, built_with: dict, plugin_library: Path | None):
-    """A Polygraphy TrtRunner for an engine, after checking that this machine can run it."""
+def tensorrt_runner(engine: bytes, built_with: TensorRTInfo, plugin_library: Path | None):
+    """A Polygraphy TrtRunner for a serialized engine, after checking that this machine can run it."""
     reason = gpu_missing_reason()
     if reason:
         raise UserError(f"running a TensorRT engine needs an NVIDIA GPU: {reason}")
     trt = load_tensorrt()
-    if (trt.flavour, trt.version.split(".")[0]) != (built_with["flavour"], built_with["version"].split(".")[0]):
-        raise UserError(f"the engine was built with {built_with['flavour']} {built_with['version']}, but "
+    if (trt.flavour, trt.version.split(".")[0]) != (built_with.flavour, built_with.version.split(".")[0]):
+        raise UserError(f"the engine was built with {built_with.flavour} {built_with.version}, but "
                         f"{trt.flavour} {trt.version} is installed: rebuild it")
     device = _device_compute_capability()
-    if built_with["compute_capabilities"] and device not in built_with["compute_capabilities"]:
-        raise UserError(f"the engine was built for compute capabilities {built_with['compute_capabilities']}, "
+    if built_with.compute_capabilities and device not in built_with.compute_capabilities:
+        raise UserError(f"the engine was built for compute capabilities {built_with.compute_capabilities}, "
                         f"this GPU is {device}: rebuild with --compute-capability {device}")
     if plugin_library is not None:
         load_plugin_library(trt, plugin_library)
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-    return TrtRunner(EngineFromBytes(engine_path.read_bytes()), name=trt.flavour)
+    return TrtRunner(EngineFromBytes(engine), name=trt.flavour)

@@ -370,3 +370,5 @@ def test_a_successful_build_prints_no_third_party_lines(tmp_path, flags, ort_lib
     assert result.returncode == EXIT_OK, result.stderr
     foreign = [line for line in result.stderr.splitlines() if not OUR_PROGRESS.search(line)]
     assert not foreign, "\n".join(foreign)
+    assert result.stdout.splitlines() == [line for line in result.stdout.splitlines() if line.startswith("built ")]
+    assert len(result.stdout.splitlines()) == 1, result.stdout

@@ -198,3 +198,20 @@ def test_engine_checks_before_tensorrt_would_fail(engines, monkeypatch, installe
     manifest = json.loads((engines["tiny-lm", "fp32"] / "manifest.json").read_text())
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
         tensorrt_backend.tensorrt_runner(engines["tiny-lm", "fp32"] / "model.engine", manifest["tensorrt"], None)
+
+
+def test_a_failed_build_reports_tensorrts_errors_and_prints_nothing_else(tmp_path, capsys, monkeypatch):
+    """TensorRT's log stays out of the output; a failure quotes its error lines (Turing cannot do FP32 GEMMs)."""
+    if installed_flavour() != "tensorrt_rtx":
+        pytest.skip("needs tensorrt-rtx as the installed TensorRT (it builds ahead of time)")
+    import export.tensorrt_backend as tensorrt_backend
+
+    monkeypatch.setattr(tensorrt_backend, "UNUSABLE_CAPABILITIES", {})  # let TensorRT-RTX itself refuse SM75
+    assert main(["build-engine", "--model", "tiny-vit", "--backend", "tensorrt", "--compute-capability", "75",
+                 "--out", str(tmp_path / "x")]) == EXIT_USER_ERROR
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    error = captured.err[captured.err.index("error: "):]
+    assert error.startswith("error: TensorRT build failed: ")
+    assert "[E]" in error and "FP32 GEMM is not supported" in error
+    assert not (tmp_path / "x").exists()
