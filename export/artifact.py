@@ -194,7 +194,8 @@ def _check_values(manifest: Manifest) -> None:
                 if isinstance(dim, str) and dim not in manifest.dynamic_ranges or isinstance(dim, int) and dim < 1:
                     raise ValueError(f"field {kind}[{i}].shape has {dim!r}: neither a size >= 1 nor a dimension "
                                      "named in dynamic_ranges")
-    if (manifest.backend == "tensorrt") != (manifest.engine_file is not None and manifest.tensorrt is not None):
+    on_tensorrt = manifest.backend == "tensorrt"
+    if any(on_tensorrt != (value is not None) for value in (manifest.engine_file, manifest.tensorrt)):
         raise ValueError("fields engine_file and tensorrt must be given exactly for the tensorrt backend")
 
 

@@ -38,8 +38,8 @@ class BatchTiming:
     """The largest normwise error of the outputs against the eager model, from the validation run first."""
 
 
-def bench_artifact(directory: Path, batches: list[int], seq: int | None, repeats: int, warmup: int
-                   ) -> list[BatchTiming]:
+def bench_artifact(directory: Path, batches: list[int], seq: int | None, repeats: int, warmup: int,
+                   checkpoint: Path | None = None) -> list[BatchTiming]:
     """Validate, then time the artifact at each batch size; UserError if a validation fails."""
     if repeats < 1 or warmup < 0:
         raise UserError(f"--repeats must be >= 1 and --warmup >= 0, got {repeats} and {warmup}")
@@ -47,7 +47,7 @@ def bench_artifact(directory: Path, batches: list[int], seq: int | None, repeats
     with export.load(directory) as artifact:
         config = config_from_dict(artifact.manifest.config)
         for batch in batches:
-            passed, stats, _ = validate(directory, batch=batch, seq=seq)
+            passed, stats, _ = validate(directory, batch=batch, seq=seq, checkpoint=checkpoint)
             if not passed:
                 worst = max(stats, key=lambda s: s.norm_rel)
                 raise UserError(f"{directory} fails validation at batch {batch} ({worst.name}: normwise error "

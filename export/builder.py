@@ -101,20 +101,31 @@ def load_model(name: str | None, checkpoint: Path | None, seed: int, ema: bool =
     return LoadedModel(named or checkpoint.stem, config, model, weights)
 
 
-def rebuild_model(config: ModelConfig, weights: dict) -> torch.nn.Module:
-    """The eval-mode model an artifact was built from, from its manifest's config and weights record."""
-    model = create_model(config, int(weights.get("seed", 0)))
-    if "checkpoint" in weights:
-        path = Path(weights["checkpoint"])
-        if not path.is_file():
-            raise UserError(f"the artifact's checkpoint {path} is gone: validate needs it to rebuild the eager model")
-        try:
-            found = read_checkpoint(path, bool(weights.get("ema")))
-            if found.sha256 != weights.get("sha256"):
-                raise CheckpointError(f"checkpoint {path} changed since the artifact was built (sha256 mismatch)")
-            load_weights(model, found, config)
-        except CheckpointError as exc:
-            raise UserError(str(exc)) from exc
+def rebuild_model(config: ModelConfig, weights: dict, checkpoint: Path | None = None) -> torch.nn.Module:
+    """The eval-mode model an artifact was built from, from its manifest's config and weights record.
+
+    An artifact built from a checkpoint records its path and sha256, but the path is never followed (no file
+    outside an artifact is read because its manifest names it): the caller names the ``checkpoint``, which
+    must have the recorded sha256.
+    """
+    if "checkpoint" not in weights:
+        if checkpoint is not None:
+            raise UserError("the artifact was built from random weights (no checkpoint): drop --checkpoint")
+        return create_model(config, int(weights.get("seed", 0)))
+    if checkpoint is None:
+        raise UserError(f"the artifact was built from the checkpoint {weights['checkpoint']}: name it with "
+                        "--checkpoint FILE (a path in a manifest is not followed)")
+    if not checkpoint.is_file():
+        raise UserError(f"checkpoint not found: {checkpoint}")
+    model = create_model(config, 0)
+    try:
+        found = read_checkpoint(checkpoint, bool(weights.get("ema")))
+        if found.sha256 != weights.get("sha256"):
+            raise CheckpointError(f"checkpoint {checkpoint} is not the one the artifact was built from (sha256 "
+                                  f"{found.sha256[:12]}..., the artifact's {str(weights.get('sha256'))[:12]}...)")
+        load_weights(model, found, config)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from exc
     return model
 
 

@@ -55,6 +55,12 @@ def _add_weights(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights without --checkpoint (default 0)")
 
 
+def _add_source_checkpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path,
+                        help="the checkpoint the artifact was built from, for the eager model (its manifest records "
+                             "the path and sha256, but no path in a manifest is followed)")
+
+
 def _add_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, help=f"batch of the random inputs (default {DEFAULT_BATCH})")
     parser.add_argument("--seq", type=int, help="sequence length of random LM inputs (default: the model's context)")
@@ -221,7 +227,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from export.validate import validate
 
     passed, stats, (atol, rtol, max_norm) = validate(args.artifact, DEFAULT_BATCH if args.batch is None else args.batch, args.seq,
-                                                     args.input_seed or 0, args.atol, args.rtol, args.max_norm_error)
+                                                     args.input_seed or 0, args.atol, args.rtol, args.max_norm_error,
+                                                     args.checkpoint)
     if args.json:
         _print_json(args, {"artifact": str(args.artifact), "passed": passed,
                      "tolerances": {"atol": atol, "rtol": rtol, "max_norm_error": max_norm},
@@ -257,7 +264,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.artifact is not None:
         return _bench_artifact(args)
-    _refuse((("--batch", args.batch), ("--seq", args.seq), ("--json", args.json)),
+    _refuse((("--batch", args.batch), ("--seq", args.seq), ("--json", args.json), ("--checkpoint", args.checkpoint)),
             "applies to timing an artifact (bench DIR) only")
     args.device = args.device or "cpu"
     repeats, warmup = args.repeats if args.repeats is not None else 5, args.warmup if args.warmup is not None else 1
@@ -296,7 +303,7 @@ def _bench_artifact(args: argparse.Namespace) -> int:
     batches = args.batch or sorted({low, min(max(low, 8), high)})
     timings = artifact_bench.bench_artifact(args.artifact, batches, args.seq,
                                             50 if args.repeats is None else args.repeats,
-                                            5 if args.warmup is None else args.warmup)
+                                            5 if args.warmup is None else args.warmup, args.checkpoint)
     if args.json:
         _print_json(args, artifact_bench.to_json(args.artifact, timings))
     else:
@@ -422,6 +429,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, help="relative tolerance")
     p.add_argument("--max-norm-error", type=float,
                    help=f"normwise relative error bound per output (defaults atol, rtol, norm by precision: {defaults})")
+    _add_source_checkpoint(p)
     _add_json(p)
     p.set_defaults(func=cmd_validate)
 
@@ -442,6 +450,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, nargs="+", help="with DIR: batch sizes to time (default 1 and 8, within the "
                                                         "artifact's range)")
     p.add_argument("--seq", type=int, help="with DIR: sequence length of a language model (default its context)")
+    _add_source_checkpoint(p)
     _add_json(p)
     p.add_argument("--device", choices=("cpu", "cuda"), help="where to run the op benchmark (default cpu)")
     p.add_argument("--sizes", type=_shape, nargs="+", metavar="B,H,N,D",

@@ -86,17 +86,17 @@ def error_stats(name: str, out: np.ndarray, ref: np.ndarray) -> OutputError:
     return OutputError(name, float(diff.max()) if diff.size else 0.0, max_rel, norm_rel)
 
 
-def eager_model(manifest: Manifest) -> torch.nn.Module:
-    """Rebuild the artifact's eager model from its manifest (same config, same weights)."""
+def eager_model(manifest: Manifest, checkpoint: Path | None = None) -> torch.nn.Module:
+    """Rebuild the artifact's eager model from its manifest (same config, same weights: see rebuild_model)."""
     try:
         config = config_from_dict(manifest.config)
     except ValueError as exc:
         raise UserError(f"the artifact's model config does not fit this version ({exc}); rebuild it") from exc
-    return rebuild_model(config, manifest.weights)
+    return rebuild_model(config, manifest.weights, checkpoint)
 
 
 def validate(directory: Path, batch: int = 2, seq: int | None = None, seed: int = 0, atol: float | None = None,
-             rtol: float | None = None, max_norm_error: float | None = None
+             rtol: float | None = None, max_norm_error: float | None = None, checkpoint: Path | None = None
              ) -> tuple[bool, list[OutputError], tuple[float, float, float]]:
     """Compare the artifact with the eager model; returns (passed, per-output errors, tolerances used).
 
@@ -104,7 +104,7 @@ def validate(directory: Path, batch: int = 2, seq: int | None = None, seed: int 
     """
     artifact = load_artifact(directory)
     manifest = artifact.manifest
-    model = eager_model(manifest)
+    model = eager_model(manifest, checkpoint)
     config = model.config
     if seq is not None and not isinstance(config, LMConfig):
         raise UserError("--seq applies to language models only")

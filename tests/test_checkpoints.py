@@ -105,7 +105,7 @@ def test_build_from_official_checkpoint_matches_float64_reference(files, tmp_pat
                                    "ema": ema}
     errors = check_against_reference(out, hyper, state)
     assert all(e <= BOUND for e in errors.values()), errors
-    assert cli("validate", out, "--batch", 2) == EXIT_OK
+    assert cli("validate", out, "--checkpoint", path, "--batch", 2) == EXIT_OK
 
 
 def test_ema_weights_are_not_the_model_weights(files):
@@ -125,7 +125,7 @@ def test_paper_language_models_from_model_pt(tmp_path, ort_library, hyper, name)
     assert json.loads((out / MANIFEST).read_text())["model"] == name
     errors = check_against_reference(out, hyper, state, seq=12)
     assert all(e <= BOUND for e in errors.values()), errors
-    assert cli("validate", out, "--batch", 1, "--seq", 16) == EXIT_OK
+    assert cli("validate", out, "--checkpoint", tmp_path / "model.pt", "--batch", 1, "--seq", 16) == EXIT_OK
 
 
 def _readme_commands() -> list[str]:

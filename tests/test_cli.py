@@ -131,10 +131,12 @@ def test_checkpoint_roundtrip(tmp_path, capsys, ort_library):
     out = tmp_path / "art"
     assert cli("build-engine", "--model", "tiny-vit", "--checkpoint", tmp_path / "w.pt", "--out", out) == EXIT_OK
     assert _manifest(out)["weights"]["checkpoint"] == str((tmp_path / "w.pt").resolve())
-    assert cli("validate", out) == EXIT_OK
+    assert cli("validate", out, "--checkpoint", tmp_path / "w.pt") == EXIT_OK
+    assert cli("validate", out) == EXIT_USER_ERROR  # the manifest's path is not followed
+    assert f"built from the checkpoint {tmp_path / 'w.pt'}: name it with --checkpoint" in capsys.readouterr().err
     torch.save(create_model(get_config("tiny-vit"), seed=8).state_dict(), tmp_path / "w.pt")
-    assert cli("validate", out) == EXIT_USER_ERROR
-    assert "changed since the artifact was built" in capsys.readouterr().err
+    assert cli("validate", out, "--checkpoint", tmp_path / "w.pt") == EXIT_USER_ERROR
+    assert "is not the one the artifact was built from" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("setup, args, message", [
