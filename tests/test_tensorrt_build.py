@@ -14,6 +14,7 @@ import pytest
 
 from export import builder as build_module
 from export.builder import tensorrt_profiles
+from export.artifact import load_manifest
 from export.cli import EXIT_OK, EXIT_USER_ERROR, main
 from export.errors import UserError
 from export.passes import to_tensorrt
@@ -195,9 +196,10 @@ def test_engine_checks_before_tensorrt_would_fail(engines, monkeypatch, installe
     monkeypatch.setattr(tensorrt_backend, "load_tensorrt",
                         lambda: tensorrt_backend.TensorRT(real.module, flavour, version))
     monkeypatch.setattr(tensorrt_backend, "_device_compute_capability", lambda: device)
-    manifest = json.loads((engines["tiny-lm", "fp32"] / "manifest.json").read_text())
+    manifest = load_manifest(engines["tiny-lm", "fp32"])
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        tensorrt_backend.tensorrt_runner(engines["tiny-lm", "fp32"] / "model.engine", manifest["tensorrt"], None)
+        tensorrt_backend.tensorrt_runner((engines["tiny-lm", "fp32"] / "model.engine").read_bytes(), manifest.tensorrt,
+                                         None)
 
 
 def test_a_failed_build_reports_tensorrts_errors_and_prints_nothing_else(tmp_path, capsys, monkeypatch):
