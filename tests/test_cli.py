@@ -374,3 +374,19 @@ def test_a_successful_build_prints_no_third_party_lines(tmp_path, flags, ort_lib
     assert not foreign, "\n".join(foreign)
     assert result.stdout.splitlines() == [line for line in result.stdout.splitlines() if line.startswith("built ")]
     assert len(result.stdout.splitlines()) == 1, result.stdout
+
+
+def test_validate_applies_the_normwise_bound_on_its_own(artifacts, capsys):
+    """Every element within atol/rtol, but the normwise error above --max-norm-error: a failure."""
+    args = ("validate", artifacts["tiny-vit"], "--atol", 1, "--rtol", 1, "--json")
+    assert cli(*args) == EXIT_OK
+    capsys.readouterr()
+    assert cli(*args, "--max-norm-error", 1e-12) == EXIT_VALIDATION_FAILED
+    report = json.loads(capsys.readouterr().out)
+    assert report["tolerances"] == {"atol": 1.0, "rtol": 1.0, "max_norm_error": 1e-12} and not report["passed"]
+
+
+def test_validate_honours_the_users_elementwise_tolerances(artifacts, capsys):
+    assert cli("validate", artifacts["tiny-vit"]) == EXIT_OK  # the fp32 defaults pass
+    assert cli("validate", artifacts["tiny-vit"], "--atol", 1e-12, "--rtol", 1e-12) == EXIT_VALIDATION_FAILED
+    assert "FAILED: atol=1e-12 rtol=1e-12 max-norm-error=0.0001" in capsys.readouterr().out

@@ -118,6 +118,9 @@ def test_bad_attribute_fails_session_creation(ort_library, name, value, message)
     (lambda t: {**t, "k": t["k"][:, :1], "v": t["v"][:, :1]}, "head|H"),
     (lambda t: {**t, "k": t["k"][..., :3]}, "dim|D"),
     (lambda t: {**t, "v": t["v"][:, :, :2]}, "Nk|key"),
+    (lambda t: {**t, "v": np.concatenate([t["v"]] * 2, axis=0)}, "batch|B"),
+    (lambda t: {**t, "v": t["v"][:, :1]}, "head|H"),
+    (lambda t: {**t, "v": t["v"][..., :3]}, "dim|D"),
 ])
 def test_bad_input_fails_run_with_message(ort_library, change, message):
     model = ort_op_model({})
@@ -175,3 +178,32 @@ def test_float16_inputs_computed_in_float32(op_session, causal):
     out = op_session(np.float16, causal=causal).run(None, inputs)[0]
     assert out.dtype == np.float16
     assert error_stats("out", out, reference).norm_rel <= 1e-3  # float16 output rounding: 2^-11
+
+
+def branch_bound(power: int) -> float:
+    """Relative error bound per output near the kernel's small-|x| branch point (|x| = 1): a float32 sinc's few ulps
+    times power, with a margin over what was measured 2026-12-02 (1.9e-7 at power 2, 3.5e-7 at 4, 6.0e-6 at 64).
+    A changed series coefficient, or the series used up to |x| < 1.2, gives 1e-6 to 3e-5."""
+    return 1e-7 * (1.2 * power + 1)
+
+
+@pytest.mark.parametrize("power", range(2, 66, 2))
+@pytest.mark.parametrize("D", [1, 16])
+def test_accuracy_around_the_small_x_branch_point(op_session, power, D):
+    """Each head holds one query and two keys: one at x = 0 (weight 1) and one at x in [0.6, 1.4], dense around
+    the branch point x = 1; v = (0, 1) and a tiny eps make out = w / (1 + w + eps) with w = sinc(x)**power, so
+    out's relative error is w's."""
+    R, eps = 1.0, 1e-30
+    x = np.concatenate([np.linspace(0.6, 1.4, 801), 1.0 + np.arange(-40, 41) * 2.0 ** -23])
+    q = np.zeros((1, x.size, 1, D), np.float32)
+    k = np.zeros((1, x.size, 2, D), np.float32)
+    k[0, :, 1, 0] = (-x / R).astype(np.float32)
+    v = np.zeros((1, x.size, 2, D), np.float32)
+    v[0, :, 1, :] = 1.0
+    out = op_session(R=R, power=power, eps=eps).run(None, {"q": q, "k": k, "v": v})[0][0, :, 0, 0]
+    xd = -k[0, :, 1, 0].astype(np.float64) * R
+    w = (np.sin(xd) / xd) ** power
+    reference = w / (1.0 + w + eps)
+    assert (w >= 1e3 * eps).all() and (w >= 1e-20).all(), "vacuous: the tested weights must dominate eps"
+    error = np.abs(out.astype(np.float64) - reference) / reference
+    assert error.max() <= branch_bound(power), f"error {error.max():.3g} at x = {xd[error.argmax()]:.9g}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -191,3 +193,25 @@ def test_fp16_rejects_weights_out_of_range():
                      [x], [y], opset=18, ir_version=IR_VERSION)
     with pytest.raises(ValueError, match="big exceeds the float16 range"):
         to_fp16(graph)
+
+
+EXPORTED_OPS = {
+    # GELU is Erf-based (two per ViT block: x * (1 + erf(x / sqrt 2)) / 2); the LM's FFN is ReLU (post-LN,
+    # official MemTransformerLM); four LogSoftmax: the adaptive head and its three tail clusters.
+    "tiny-vit": {"Add": 15, "Concat": 2, "Conv": 1, "Div": 2, "Erf": 2, "Expand": 1, "Gather": 1, "Gemm": 1,
+                 "LayerNormalization": 5, "MatMul": 8, "Mul": 4, "Reshape": 5, "Shape": 1, "Slice": 6, "Squeeze": 6,
+                 "Transpose": 5, "fourierformer::FourierAttention": 2},
+    "tiny-lm": {"Add": 14, "Concat": 4, "Gather": 1, "LayerNormalization": 4, "LogSoftmax": 4, "MatMul": 14, "Mul": 1,
+                "Relu": 2, "Reshape": 8, "Shape": 2, "Slice": 10, "Transpose": 9,
+                "fourierformer::FourierAttention": 2},
+}
+"""The exported op types of the small models, pinned: a change to a model's definition (GELU for ReLU, a lost
+LayerNorm) moves the eager model and the export together, so parity alone cannot see it."""
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTED_OPS))
+def test_exported_op_types_are_pinned(name):
+    config = get_config(name)
+    proto = export_onnx(create_model(config), config)
+    ops = collections.Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in proto.graph.node)
+    assert dict(ops) == EXPORTED_OPS[name]

@@ -217,3 +217,16 @@ def test_a_failed_build_reports_tensorrts_errors_and_prints_nothing_else(tmp_pat
     assert error.startswith("error: TensorRT build failed: ")
     assert "[E]" in error and "FP32 GEMM is not supported" in error
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("model, precision", sorted(BUILDS))
+def test_the_manifest_records_the_precision_the_engine_was_built_with(engines, model, precision):
+    """The network TensorRT built is float16-typed exactly when the manifest says fp16 (strongly typed)."""
+    artifact = engines[model, precision]
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["precision"] == precision
+    network = _network(artifact / manifest["onnx_file"])
+    tensors = [*map(network.get_input, range(network.num_inputs)), *map(network.get_output, range(network.num_outputs))]
+    floats = {str(t.dtype).split(".")[-1] for t in tensors} - {"INT64", "INT32"}
+    assert floats == {"HALF" if precision == "fp16" else "FLOAT"}
+    assert {t["dtype"] for t in manifest["outputs"]} == {"float16" if precision == "fp16" else "float32"}
