@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import types
 import typing
@@ -27,11 +28,13 @@ FORMAT_VERSION = 1
 
 @dataclass
 class TensorInfo:
-    """A model input or output: name, dtype and shape (strings name dynamic dimensions)."""
+    """A model input or output: name, dtype and shape (strings name dynamic dimensions), and for an integer
+    input the [low, high] its values must lie in (token ids: the vocabulary)."""
 
     name: str
     dtype: str
     shape: list[int | str]
+    values: list[int] | None = None
 
 
 @dataclass
@@ -87,31 +90,94 @@ def sha256_file(path: Path) -> str:
 
 
 def check_replaceable(out: Path) -> None:
-    """UserError unless ``out`` does not exist, is empty, or is an earlier artifact (holding a manifest)."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
-        raise UserError(f"refusing to overwrite {out}: it exists and is not an artifact directory")
+    """UserError unless ``out`` does not exist, is an empty folder, or holds exactly an artifact (a valid manifest
+    and the files it lists, nothing else): an unrelated folder, or one with files of the user's, is never
+    replaced."""
+    if not out.exists():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise UserError(f"refusing to overwrite {out}: it exists and is not a folder")
+    if not any(out.iterdir()):
+        return
+    try:
+        _check_listing(out, read_manifest(out))
+    except UserError as exc:
+        raise UserError(f"refusing to overwrite {out}: it is not exactly an artifact ({exc})") from None
+
+
+IN_PROGRESS: set[Path] = set()
+"""Files and folders being written: a signal handler removes them (see :func:`remove_in_progress`)."""
+
+
+def remove_in_progress() -> None:
+    """Remove every partly written file or folder (the process is being stopped)."""
+    for path in list(IN_PROGRESS):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the duration (a swap of folders must not be cut in half)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _creating(out: Path, what: str) -> None:
+    """Create ``out``'s parent folder; UserError naming the problem (a file in the way, read-only, full)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {what} {out}: {exc.strerror or exc} ({exc.filename or out.parent})") from exc
 
 
 @contextlib.contextmanager
 def staging_directory(out: Path) -> Iterator[Path]:
-    """Yield an empty directory beside ``out``; on success it replaces ``out``, on failure it is removed.
-
-    ``out`` must pass :func:`check_replaceable`, so that no unrelated directory is ever overwritten.
-    """
+    """Yield an empty directory beside ``out``; on success it replaces ``out``, on failure (or a signal) it is
+    removed. ``out`` must pass :func:`check_replaceable`, so that no unrelated directory is ever overwritten."""
     check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    staging.chmod(0o755)  # mkdtemp's 0700 would make the artifact private
+    _creating(out, "the artifact")
     try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as exc:
+        raise UserError(f"cannot create the artifact {out}: {exc.strerror or exc}") from exc
+    IN_PROGRESS.add(staging)
+    try:
+        staging.chmod(0o755)  # mkdtemp's 0700 would make the artifact private
         yield staging
         old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if out.exists():
-            out.rename(old)
-        staging.rename(out)
+        with _signals_deferred():
+            if out.exists():
+                out.rename(old)
+            staging.rename(out)
+            IN_PROGRESS.discard(staging)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    finally:
+        if staging in IN_PROGRESS:
+            shutil.rmtree(staging, ignore_errors=True)
+            IN_PROGRESS.discard(staging)
+
+
+def write_atomically(path: Path, data: bytes, what: str) -> None:
+    """Write ``data`` to ``path`` through a temporary file beside it: ``path`` is whole or untouched, and no
+    temporary file is left on failure or a signal. UserError naming the problem."""
+    _creating(path, what)
+    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    IN_PROGRESS.add(temporary)
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise UserError(f"cannot write {what} {path}: {exc.strerror or exc}") from exc
+    finally:
+        temporary.unlink(missing_ok=True)
+        IN_PROGRESS.discard(temporary)
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:
@@ -190,6 +256,8 @@ def _check_values(manifest: Manifest) -> None:
         for i, tensor in enumerate(getattr(manifest, kind)):
             if tensor.dtype not in DTYPES:
                 raise ValueError(f"field {kind}[{i}].dtype is {tensor.dtype!r}; expected one of {', '.join(DTYPES)}")
+            if tensor.values is not None and (len(tensor.values) != 2 or tensor.values[0] > tensor.values[1]):
+                raise ValueError(f"field {kind}[{i}].values must be [low, high] with low <= high")
             for dim in tensor.shape:
                 if isinstance(dim, str) and dim not in manifest.dynamic_ranges or isinstance(dim, int) and dim < 1:
                     raise ValueError(f"field {kind}[{i}].shape has {dim!r}: neither a size >= 1 nor a dimension "

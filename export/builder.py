@@ -140,16 +140,23 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _tensor_infos(values: list[onnx.ValueInfoProto]) -> list[TensorInfo]:
-    """Name, numpy dtype and shape (dim names for dynamic axes) of graph inputs or outputs."""
+def _tensor_infos(values: list[onnx.ValueInfoProto], bounds: dict[str, list[int]] | None = None) -> list[TensorInfo]:
+    """Name, numpy dtype and shape (dim names for dynamic axes) of graph inputs or outputs, with value bounds."""
     return [
         TensorInfo(
             v.name,
             onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
             [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+            (bounds or {}).get(v.name),
         )
         for v in values
     ]
+
+
+def value_bounds(config: ModelConfig) -> dict[str, list[int]]:
+    """The values an integer input may hold: an LM's token ids lie in its vocabulary (ONNX's Gather would wrap
+    -1 to the last row, where the eager model raises)."""
+    return {"tokens": [0, config.n_token - 1]} if isinstance(config, LMConfig) else {}
 
 
 def export_ranges(config: ModelConfig) -> Profiles:
@@ -219,7 +226,7 @@ def build_engine(options: BuildOptions) -> tuple[Path, Manifest]:
     manifest = Manifest(
         model=loaded.name, config=config_to_dict(config), weights=loaded.weights, backend=backend,
         precision=options.precision, attention=attention, onnx_file=ONNX_FILE,
-        inputs=_tensor_infos(list(proto.graph.input)), outputs=_tensor_infos(list(proto.graph.output)),
+        inputs=_tensor_infos(list(proto.graph.input), value_bounds(config)), outputs=_tensor_infos(list(proto.graph.output)),
         dynamic_ranges={name: [low, high] for name, (low, _, high) in profiles.items()}, versions=_versions(),
         plugin_library=library.name if library else None,
     )

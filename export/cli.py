@@ -6,14 +6,17 @@ import argparse
 import contextlib
 import importlib.metadata
 import importlib.util
+import io
 import json
 import logging
 import math
 import os
+import signal
 import sys
-import tempfile
+import threading
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 from export.errors import UserError
 
@@ -52,7 +55,7 @@ def _add_weights(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help=_model_help() + " (optional with a --checkpoint that says its architecture)")
     parser.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
     parser.add_argument("--ema", action="store_true", help="deploy the checkpoint's EMA copy (DeiT's model_ema)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights without --checkpoint (default 0)")
+    parser.add_argument("--seed", type=_integer(0, MAX_SEED), default=0, help="seed of the random weights without --checkpoint (default 0)")
 
 
 def _add_source_checkpoint(parser: argparse.ArgumentParser) -> None:
@@ -62,13 +65,45 @@ def _add_source_checkpoint(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_inputs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch", type=int, help=f"batch of the random inputs (default {DEFAULT_BATCH})")
-    parser.add_argument("--seq", type=int, help="sequence length of random LM inputs (default: the model's context)")
-    parser.add_argument("--input-seed", type=int, help="seed of the random inputs (default 0)")
+    parser.add_argument("--batch", type=_integer(1), help=f"batch of the random inputs (default {DEFAULT_BATCH})")
+    parser.add_argument("--seq", type=_integer(1), help="sequence length of random LM inputs (default: the model's context)")
+    parser.add_argument("--input-seed", type=_integer(0, MAX_SEED), help="seed of the random inputs (default 0)")
 
 
 DEFAULT_BATCH = 2
 """Batch of random inputs for run and validate."""
+MAX_SEED = 2**32 - 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``error: ...``, exit 2), like every other error."""
+
+    def error(self, message: str) -> None:
+        self.exit(EXIT_USER_ERROR, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _integer(low: int, high: int | None = None):
+    """An argparse type: an integer in low..high."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high if high is not None else ''}")
+        return value
+    return parse
+
+
+def _tolerance(text: str) -> float:
+    """An argparse type: a finite float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
 
 
 def _finite(value: object) -> object:
@@ -112,6 +147,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
     import onnx
     import onnx_graphsurgeon as gs
 
+    from export.artifact import write_atomically
     from export.builder import load_model
     from export.onnx_export import export_onnx
     from export.passes import cleanup
@@ -119,10 +155,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, args.checkpoint, args.seed, args.ema)
     proto = gs.export_onnx(cleanup(gs.import_onnx(export_onnx(loaded.model, loaded.config, args.opset))))
     onnx.checker.check_model(proto)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=args.out.parent, prefix=f".{args.out.name}.", delete=False) as tmp:
-        tmp.write(proto.SerializeToString())
-    os.replace(tmp.name, args.out)
+    write_atomically(args.out, proto.SerializeToString(), "the ONNX model")
     print(args.out)
     return EXIT_OK
 
@@ -180,7 +213,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run an artifact on inputs from an .npz file (or random ones) and save or summarize the outputs."""
     import numpy as np
 
-    from export.runtime import artifact_feeds, load_artifact, load_npz
+    from export.artifact import write_atomically
+    from export.runtime import artifact_feeds, check_sizes, load_artifact, load_npz, max_input_bytes
     from fourierformer.configs import config_from_dict, example_arrays
 
     artifact = load_artifact(args.artifact)
@@ -188,12 +222,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.input:
         _refuse((("--batch", args.batch is not None), ("--seq", args.seq is not None),
                  ("--input-seed", args.input_seed is not None)), "applies to random inputs, not to --input")
-        feeds = load_npz(args.input)
+        feeds = load_npz(args.input, max_input_bytes(manifest))
     else:
         try:
             config = config_from_dict(manifest.config)
             if args.seq is not None and config.kind != "lm":
                 raise UserError("--seq applies to language models only")
+            check_sizes(manifest, {"batch": args.batch, "seq": args.seq})
             inputs = example_arrays(config, DEFAULT_BATCH if args.batch is None else args.batch, args.seq,
                                     args.input_seed or 0)
         except ValueError as exc:
@@ -205,10 +240,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         artifact.close()
     if args.output:
         args.output = args.output if args.output.suffix == ".npz" else args.output.with_name(args.output.name + ".npz")
-        try:
-            np.savez(args.output, **outputs)
-        except OSError as exc:
-            raise UserError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
+        buffer = io.BytesIO()
+        np.savez(buffer, **outputs)
+        write_atomically(args.output, buffer.getvalue(), "the outputs")
     summary = {name: {"shape": list(value.shape), "dtype": str(value.dtype), "mean": float(value.mean()),
                       "std": float(value.std())} for name, value in outputs.items()}
     if args.json:
@@ -327,7 +361,7 @@ def _version() -> str:
 def _verbosity() -> argparse.ArgumentParser:
     """-v/-q as a parent parser for the top level and every command (SUPPRESS: a command's parser does not reset
     a value given before the command)."""
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = _Parser(add_help=False)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="debug logs and tracebacks")
@@ -349,11 +383,11 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    from export.options import ATTENTIONS, BACKENDS, OPSET, PRECISIONS, TOLERANCES, default_timing_cache
+    from export.options import ATTENTIONS, BACKENDS, OPSET, OPSETS, PRECISIONS, TOLERANCES, default_timing_cache
     from export.recipes import recipe_names
 
     prog = _prog()
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION.format(prog=prog), parents=[_verbosity()],
+    parser = _Parser(prog=prog, description=DESCRIPTION.format(prog=prog), parents=[_verbosity()],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.set_defaults(verbose=False, quiet=False)  # on its own actions: the commands' must stay SUPPRESS
     verbosity = _verbosity()
@@ -374,7 +408,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = command("onnx", help="export a model to portable ONNX with FourierAttention custom nodes")
     _add_weights(p)
-    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    p.add_argument("--opset", type=_integer(*OPSETS), default=OPSET, help=f"ONNX opset, {OPSETS[0]} to {OPSETS[1]} (default {OPSET})")
     p.add_argument("--out", type=Path, required=True, help="output .onnx file")
     p.set_defaults(func=cmd_onnx)
 
@@ -405,7 +439,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="TensorRT-RTX: build ahead of time for these GPUs, e.g. 86,89 (no GPU needed)")
     p.add_argument("--timing-cache", type=Path,
                    help=f"TensorRT timing cache, read and updated (default {default_timing_cache()})")
-    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    p.add_argument("--opset", type=_integer(*OPSETS), default=OPSET, help=f"ONNX opset, {OPSETS[0]} to {OPSETS[1]} (default {OPSET})")
     p.add_argument("--out", type=Path, help="artifact directory (default engines/built/MODEL[-ema]-BACKEND-PRECISION, "
                                             "the backend resolved)")
     p.set_defaults(func=cmd_build_engine)
@@ -425,9 +459,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", type=Path, help="artifact directory from build-engine")
     _add_inputs(p)
     defaults = "; ".join(f"{p}: {t[0]:g}, {t[1]:g}, {t[2]:g}" for p, t in TOLERANCES.items())
-    p.add_argument("--atol", type=float, help="absolute tolerance")
-    p.add_argument("--rtol", type=float, help="relative tolerance")
-    p.add_argument("--max-norm-error", type=float,
+    p.add_argument("--atol", type=_tolerance, help="absolute tolerance")
+    p.add_argument("--rtol", type=_tolerance, help="relative tolerance")
+    p.add_argument("--max-norm-error", type=_tolerance,
                    help=f"normwise relative error bound per output (defaults atol, rtol, norm by precision: {defaults})")
     _add_source_checkpoint(p)
     _add_json(p)
@@ -447,9 +481,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", type=Path, nargs="?",
                    help="time this built artifact instead (validated first; p50/p90/p99 latency and throughput per "
                         "--batch)")
-    p.add_argument("--batch", type=int, nargs="+", help="with DIR: batch sizes to time (default 1 and 8, within the "
+    p.add_argument("--batch", type=_integer(1), nargs="+", help="with DIR: batch sizes to time (default 1 and 8, within the "
                                                         "artifact's range)")
-    p.add_argument("--seq", type=int, help="with DIR: sequence length of a language model (default its context)")
+    p.add_argument("--seq", type=_integer(1), help="with DIR: sequence length of a language model (default its context)")
     _add_source_checkpoint(p)
     _add_json(p)
     p.add_argument("--device", choices=("cpu", "cuda"), help="where to run the op benchmark (default cpu)")
@@ -461,8 +495,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="model level instead: DeiT-tiny batch 1 and 64, lm-small context 256; eager float32 vs "
                         "our op (cpu: ONNX Runtime and PyTorch; cuda: float16 with a CUDA graph, and a float16 "
                         "TensorRT engine)")
-    p.add_argument("--repeats", type=int, help="timed runs per implementation (default 5; with DIR 50)")
-    p.add_argument("--warmup", type=int, help="untimed runs first (default 1; with DIR 5)")
+    p.add_argument("--repeats", type=_integer(1), help="timed runs per implementation (default 5; with DIR 50)")
+    p.add_argument("--warmup", type=_integer(0), help="untimed runs first (default 1; with DIR 5)")
     p.add_argument("--out", type=Path, help="also write DIR/bench.json, bench.md and bench.png")
     p.set_defaults(func=cmd_bench)
     return parser
@@ -483,6 +517,38 @@ def _configure_logging(verbose: bool, quiet: bool = False) -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
+def _stop(signum: int, frame) -> None:
+    """SIGINT/SIGTERM: remove what was being written, say so, exit 128 + the signal's number. Exits at once:
+    raising inside torch's export or a native call leaves tracebacks and half-built state behind."""
+    from export.artifact import remove_in_progress
+
+    remove_in_progress()
+    os.write(sys.stderr.fileno(), b"interrupted\n" if signum == signal.SIGINT else b"terminated\n")
+    os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def _stopping_cleanly() -> Iterator[None]:
+    """Install _stop for SIGINT and SIGTERM for the duration (main thread only; restored afterwards)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    """Print one error line (and the traceback with -v); the user-error exit code."""
+    if args.verbose:
+        log.exception("error")
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = make_parser()
@@ -493,25 +559,21 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.verbose, args.quiet or json_mode)
     args.stdout = sys.stdout
     try:
-        with contextlib.redirect_stdout(sys.stderr) if json_mode else contextlib.nullcontext():
+        with _stopping_cleanly(), contextlib.redirect_stdout(sys.stderr) if json_mode else contextlib.nullcontext():
             return args.func(args)
     except UserError as exc:
-        if args.verbose:
-            log.exception("error")
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _fail(args, str(exc))
     except ModuleNotFoundError as exc:
         extra = EXTRA_OF.get((exc.name or "").split(".")[0])
         if extra is None:
             raise
-        if args.verbose:
-            log.exception("error")
-        print(f"error: {args.command} needs the Python package {exc.name}, which is not installed: "
-              f"pip install 'fourierformer-deploy[{extra}]'", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _fail(args, f"{args.command} needs the Python package {exc.name}, which is not installed: "
+                           f"pip install 'fourierformer-deploy[{extra}]'")
     except BrokenPipeError:  # stdout closed early (e.g. piped into head): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:  # a full disk, a read-only folder, a file in the way
+        return _fail(args, f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
+    except KeyboardInterrupt:  # only where _stop could not be installed (main() called from a thread)
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -12,6 +12,7 @@ import onnx
 import torch
 from torch import nn
 
+from export.errors import UserError
 from export.options import OPSET
 from fourierformer import opspec
 from fourierformer.configs import LMConfig, ModelConfig
@@ -67,6 +68,9 @@ def export_onnx(model: nn.Module, config: ModelConfig, opset: int = OPSET) -> on
         )
     log.debug("%s", quiet.getvalue())
     proto = program.model_proto
+    exported = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if exported != opset:
+        raise UserError(f"the exporter wrote opset {exported}, not the requested {opset}")
     onnx.checker.check_model(proto, full_check=False)
     count = sum(node.op_type == opspec.OP_TYPE and node.domain == opspec.DOMAIN for node in proto.graph.node)
     log.info("exported ONNX: %d nodes, %d FourierAttention", len(proto.graph.node), count)

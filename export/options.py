@@ -14,6 +14,8 @@ PRECISIONS = ("fp32", "fp16")
 ATTENTIONS = ("plugin", "decomposed")
 OPSET = 18
 """Default ONNX opset: new enough for LayerNormalization, old enough for every TensorRT parser."""
+OPSETS = (17, 23)
+"""The opsets the export accepts, first and last: LayerNormalization needs 17; ONNX Runtime 1.31 reads up to 23."""
 TOLERANCES = {"fp32": (1e-4, 1e-4, 1e-4), "fp16": (5e-2, 5e-2, 5e-3)}
 """validate's default atol, rtol and normwise bound by precision."""
 BUILT_DIR = Path("engines/built")

@@ -9,7 +9,8 @@ from pathlib import Path
 from export.errors import UserError
 from export.paths import recipes_dir
 
-KEYS = {"model", "backend", "precision", "attention", "shapes", "compute_capabilities"}
+STRINGS = ("model", "backend", "precision", "attention")
+KEYS = {*STRINGS, "shapes", "compute_capabilities"}
 
 
 def recipe_names() -> list[str]:
@@ -17,18 +18,41 @@ def recipe_names() -> list[str]:
     return sorted(p.stem for p in recipes_dir().glob("*.toml"))
 
 
+def _is_ints(value: object, count: int | None = None) -> bool:
+    """Whether ``value`` is a list of integers (of ``count`` of them, if given)."""
+    return isinstance(value, list) and all(type(v) is int for v in value) and (count is None or len(value) == count)
+
+
+def _check(recipe: dict) -> None:
+    """ValueError naming the first key whose value has the wrong type or is unknown."""
+    unknown = sorted(set(recipe) - KEYS)
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r}; allowed: {', '.join(sorted(KEYS))}")
+    for key in STRINGS:
+        if key in recipe and not isinstance(recipe[key], str):
+            raise ValueError(f"{key} must be a string, not {recipe[key]!r}")
+    if "compute_capabilities" in recipe and not _is_ints(recipe["compute_capabilities"]):
+        raise ValueError("compute_capabilities must be a list of integers such as [86, 89]")
+    shapes = recipe.get("shapes", {})
+    if not isinstance(shapes, dict):
+        raise ValueError("shapes must be a table of NAME = [MIN, OPT, MAX]")
+    for dim, value in shapes.items():
+        if not _is_ints(value, 3):
+            raise ValueError(f"shapes.{dim} must be [MIN, OPT, MAX] (three integers), not {value!r}")
+
+
 def load_recipe(name: str) -> dict:
-    """The settings of recipe ``name`` (a shipped name or a path to a .toml file)."""
+    """The settings of recipe ``name`` (a shipped name or a path to a .toml file); UserError naming a bad key."""
     path = Path(name) if name.endswith(".toml") else recipes_dir() / f"{name}.toml"
     if not path.is_file():
         raise UserError(f"unknown recipe {name!r}; shipped recipes: {', '.join(recipe_names())}")
     try:
         recipe = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+        _check(recipe)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"recipe {path} is not valid TOML: {exc}") from exc
-    unknown = sorted(set(recipe) - KEYS)
-    if unknown:
-        raise UserError(f"recipe {path} has unknown keys {unknown}; allowed: {sorted(KEYS)}")
+    except ValueError as exc:
+        raise UserError(f"recipe {path}: {exc}") from exc
     if "shapes" in recipe:
-        recipe["shapes"] = {name: tuple(value) for name, value in recipe["shapes"].items()}
+        recipe["shapes"] = {dim: tuple(value) for dim, value in recipe["shapes"].items()}
     return recipe

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -104,16 +105,61 @@ def check_feeds(manifest: Manifest, feeds: dict[str, np.ndarray]) -> None:
             low, high = manifest.dimension_range(dim)
             if not low <= size <= high:
                 raise UserError(f"input {name!r} axis {axis} ({dim}) is {size}, outside {low}..{high}")
+        if info.values is not None and value.size:
+            low, high = info.values
+            smallest, largest = value.min(), value.max()
+            if smallest < low or largest > high:
+                raise UserError(f"input {name!r} holds values {smallest}..{largest}, outside {low}..{high}"
+                                f"{' (the vocabulary)' if name == 'tokens' else ''}")
 
 
-def load_npz(path: Path) -> dict[str, np.ndarray]:
-    """Arrays of an ``.npz`` file by name."""
+def check_sizes(manifest: Manifest, sizes: Mapping[str, int | None]) -> None:
+    """UserError unless each requested size of a dynamic dimension (``batch``, ``seq``) is in the artifact's range;
+    checked before any input is made."""
+    for dim, size in sizes.items():
+        if size is not None and dim in manifest.dynamic_ranges:
+            low, high = manifest.dimension_range(dim)
+            if not low <= size <= high:
+                raise UserError(f"--{dim} {size} is outside {low}..{high}, the artifact's range")
+
+
+def max_input_bytes(manifest: Manifest) -> int:
+    """The most bytes the artifact's inputs can take together (every dimension at its maximum)."""
+    return sum(int(np.prod([manifest.dimension_range(d)[1] for d in t.shape])) * np.dtype(t.dtype).itemsize
+               for t in manifest.inputs)
+
+
+def _check_npz_sizes(archive: zipfile.ZipFile, path: Path, limit: int) -> None:
+    """UserError if a member of an .npz would unpack, or declares an array, larger than ``limit`` bytes (read from
+    the zip directory and the .npy headers, before any array is loaded), or holds Python objects."""
+    for info in archive.infolist():
+        if info.file_size > limit + 4096:
+            raise UserError(f"{path}: {info.filename} unpacks to {info.file_size / 2**20:.1f} MiB, more than the "
+                            f"artifact's inputs can take ({limit / 2**20:.1f} MiB)")
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = reader(member)
+        if dtype.hasobject:
+            raise UserError(f"{path}: {info.filename} holds Python objects, not numbers")
+        declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if declared > limit:
+            raise UserError(f"{path}: {info.filename} declares {declared / 2**30:.1f} GiB, more than the artifact's "
+                            f"inputs can take ({limit / 2**20:.1f} MiB)")
+
+
+def load_npz(path: Path, limit: int) -> dict[str, np.ndarray]:
+    """Arrays of an ``.npz`` file by name, none of them larger than ``limit`` bytes (see _check_npz_sizes)."""
     if not path.is_file():
         raise UserError(f"input file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path} is not an .npz file (a zip of .npy arrays, as numpy.savez writes)")
     try:
+        with zipfile.ZipFile(path) as archive:
+            _check_npz_sizes(archive, path, limit)
         with np.load(path, allow_pickle=False) as data:
             return {name: data[name] for name in data.files}
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise UserError(f"{path} is not a readable .npz file: {exc}") from exc
 
 

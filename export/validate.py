@@ -19,7 +19,7 @@ from export.artifact import Manifest
 from export.builder import rebuild_model
 from export.errors import UserError
 from export.options import TOLERANCES
-from export.runtime import artifact_feeds, check_feeds, load_artifact
+from export.runtime import artifact_feeds, check_feeds, check_sizes, load_artifact
 from fourierformer.configs import LMConfig, config_from_dict
 from fourierformer.models import example_inputs
 
@@ -108,6 +108,7 @@ def validate(directory: Path, batch: int = 2, seq: int | None = None, seed: int 
     config = model.config
     if seq is not None and not isinstance(config, LMConfig):
         raise UserError("--seq applies to language models only")
+    check_sizes(manifest, {"batch": batch, "seq": seq})
     try:
         feeds = artifact_feeds(manifest, example_inputs(config, batch=batch, seq=seq, seed=seed))
     except ValueError as exc:
