@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 from export.errors import UserError
 from export.options import ATTENTIONS, BACKENDS, PRECISIONS
+from fourierformer.configs import config_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ def check_replaceable(out: Path) -> None:
     and the files it lists, nothing else): an unrelated folder, or one with files of the user's, is never
     replaced."""
     if not out.exists():
+        check_creatable(out, "the artifact")
         return
     if not out.is_dir() or out.is_symlink():
         raise UserError(f"refusing to overwrite {out}: it exists and is not a folder")
@@ -127,6 +129,14 @@ def _signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def check_creatable(path: Path, what: str) -> None:
+    """UserError unless ``path`` can be created as far as can be told before the work (its nearest existing
+    ancestor is a folder), so that a slow step is not wasted on a file in the way."""
+    ancestor = next(p for p in path.absolute().parents if p.exists())
+    if not ancestor.is_dir():
+        raise UserError(f"cannot create {what} {path}: {ancestor} is a file, not a folder")
 
 
 def _creating(out: Path, what: str) -> None:
@@ -246,6 +256,10 @@ def _check_values(manifest: Manifest) -> None:
     """ValueError naming the first field whose value is outside what the tool accepts."""
     if manifest.format_version != FORMAT_VERSION:
         raise ValueError(f"format version {manifest.format_version}; this tool reads {FORMAT_VERSION}")
+    try:
+        config_from_dict(manifest.config)
+    except ValueError as exc:
+        raise ValueError(f"field config: {exc}") from exc
     for name, allowed in ENUMS.items():
         if getattr(manifest, name) not in allowed:
             raise ValueError(f"field {name} is {getattr(manifest, name)!r}; expected one of {', '.join(allowed)}")

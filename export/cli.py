@@ -147,11 +147,12 @@ def cmd_onnx(args: argparse.Namespace) -> int:
     import onnx
     import onnx_graphsurgeon as gs
 
-    from export.artifact import write_atomically
+    from export.artifact import check_creatable, write_atomically
     from export.builder import load_model
     from export.onnx_export import export_onnx
     from export.passes import cleanup
 
+    check_creatable(args.out, "the ONNX model")
     loaded = load_model(args.model, args.checkpoint, args.seed, args.ema)
     proto = gs.export_onnx(cleanup(gs.import_onnx(export_onnx(loaded.model, loaded.config, args.opset))))
     onnx.checker.check_model(proto)

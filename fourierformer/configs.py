@@ -7,6 +7,8 @@ in the words its training script used.
 
 from __future__ import annotations
 
+import math
+import typing
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal, Union
 
@@ -45,6 +47,7 @@ class LMConfig:
     kind: Literal["lm"] = "lm"
 
     def __post_init__(self) -> None:
+        _check_fields(self)
         if not all(a < b for a, b in zip((0, *self.cutoffs), (*self.cutoffs, self.n_token))):
             raise ValueError(f"cutoffs {list(self.cutoffs)} must increase strictly inside 1..{self.n_token - 1}")
 
@@ -67,8 +70,45 @@ class ViTConfig:
     eps: float = opspec.EPS.default
     kind: Literal["vit"] = "vit"
 
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if self.img_size % self.patch_size or self.embed_dim % self.num_heads:
+            raise ValueError(f"img_size {self.img_size} must be a multiple of patch_size {self.patch_size}, and "
+                             f"embed_dim {self.embed_dim} of num_heads {self.num_heads}")
+
 
 ModelConfig = Union[LMConfig, ViTConfig]
+
+
+def _check_fields(config: ModelConfig) -> None:
+    """ValueError naming the first field of the wrong type or range: sizes are integers >= 1, floats finite and
+    > 0, literals one of their values, and the op's attributes (power, eps) valid for the op."""
+    hints = typing.get_type_hints(type(config))
+    for spec in fields(config):
+        value, hint = getattr(config, spec.name), hints[spec.name]
+        if hint is int:
+            good = type(value) is int and value >= 1
+        elif hint is float:
+            good = type(value) in (int, float) and math.isfinite(value) and value > 0
+        elif hint is bool:
+            good = type(value) is bool
+        elif typing.get_origin(hint) is Literal:
+            good = value in typing.get_args(hint)
+        else:  # cutoffs
+            good = isinstance(value, tuple) and all(type(v) is int and v >= 1 for v in value)
+        if not good:
+            raise ValueError(f"field {spec.name} is {value!r}, not {_expected(hint)}")
+    try:
+        opspec.check_attributes({"power": config.power, "eps": config.eps})
+    except ValueError as exc:
+        raise ValueError(f"the attention's {exc}") from exc
+
+
+def _expected(hint: object) -> str:
+    """What a field of type ``hint`` must hold, in words."""
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    return {int: "an integer >= 1", float: "a finite number > 0", bool: "true or false"}.get(hint, "integers >= 1")
 
 CONFIGS: dict[str, ModelConfig] = {
     "lm-small": LMConfig(WIKITEXT103_VOCAB, n_layer=16, n_head=8, d_model=128, d_head=16, d_inner=2048, tgt_len=256,
