@@ -89,8 +89,10 @@ def _integer(low: int, high: int | None = None):
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low or high is not None and value > high:
-            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high if high is not None else ''}")
+        if high is None and value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
         return value
     return parse
 

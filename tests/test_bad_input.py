@@ -43,12 +43,12 @@ def one_line_error(capsys, *args, message: str) -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["validate", "{vit}", "--batch", "-1"], "argument --batch: -1 is outside 1.."),
-    (["run", "{vit}", "--batch", "-2"], "argument --batch: -2 is outside 1.."),
+    (["validate", "{vit}", "--batch", "-1"], "argument --batch: must be >= 1, got -1"),
+    (["run", "{vit}", "--batch", "-2"], "argument --batch: must be >= 1, got -2"),
     (["run", "{vit}", "--batch", "1000000000"], "--batch 1000000000 is outside 1..4096, the artifact's range"),
     (["validate", "{lm}", "--seq", "100000"], "--seq 100000 is outside 1..64, the artifact's range"),
-    (["bench", "{vit}", "--repeats", "0"], "argument --repeats: 0 is outside 1.."),
-    (["bench", "{vit}", "--warmup", "-5"], "argument --warmup: -5 is outside 0.."),
+    (["bench", "{vit}", "--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+    (["bench", "{vit}", "--warmup", "-5"], "argument --warmup: must be >= 0, got -5"),
     (["build-engine", "--model", "tiny-vit", "--seed", str(2**64)], f"argument --seed: {2**64} is outside 0..4294967295"),
     (["run", "{vit}", "--input-seed", "x"], "argument --input-seed: expected an integer, got 'x'"),
     (["validate", "{vit}", "--atol", "nan"], "argument --atol: expected a finite number >= 0, got 'nan'"),
