@@ -18,8 +18,7 @@ import export
 from export.errors import UserError
 from export.runtime import artifact_feeds
 from export.validate import validate
-from fourierformer.configs import config_from_dict
-from fourierformer.configs import example_arrays
+from fourierformer.configs import config_from_dict, example_arrays
 
 log = logging.getLogger(__name__)
 
