@@ -12,9 +12,24 @@ Running an ONNX Runtime artifact needs onnxruntime and numpy only: ``export.load
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import sys
 
-from export.tensorrt_backend import configure_polygraphy
+
+def _untrusted_folder_off_path() -> None:
+    """``python -m export`` puts the working folder first on sys.path, where a planted ``numpy.py`` (in an
+    artifact or download folder) would be imported instead of the real one. Drop it, unless it is the checkout
+    that holds this package. Runs before any other import; ``python -P`` and the console script never add it."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if sys.argv[:1] == ["-m"] and sys.path[:1] == [os.getcwd()] and os.getcwd() != here:
+        del sys.path[0]
+
+
+_untrusted_folder_off_path()
+
+from pathlib import Path  # noqa: E402  (after the check above)
+
+from export.tensorrt_backend import configure_polygraphy  # noqa: E402
 
 configure_polygraphy()
 

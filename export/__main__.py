@@ -1,7 +1,5 @@
 """Entry point: ``python -m export``."""
 
-import sys
+from export.cli import console
 
-from export.cli import main
-
-sys.exit(main())
+console()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -18,8 +21,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from export.errors import UserError
-from export.options import ATTENTIONS, BACKENDS, PRECISIONS
-from fourierformer.configs import config_from_dict
+from export.options import ATTENTIONS, BACKENDS, MAX_SEED, PRECISIONS
+from fourierformer.configs import LMConfig, ModelConfig, config_from_dict, io_shapes
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +97,14 @@ def check_replaceable(out: Path) -> None:
     """UserError unless ``out`` does not exist, is an empty folder, or holds exactly an artifact (a valid manifest
     and the files it lists, nothing else): an unrelated folder, or one with files of the user's, is never
     replaced."""
-    if not out.exists():
+    if Path.cwd().is_relative_to(out.resolve()):
+        raise UserError(f"refusing to overwrite {out}: it holds the working folder (name a new folder)")
+    if not out.exists() and not out.is_symlink():
         check_creatable(out, "the artifact")
         return
     if not out.is_dir() or out.is_symlink():
         raise UserError(f"refusing to overwrite {out}: it exists and is not a folder")
+    _check_writable(out.parent, out, "the artifact")
     if not any(out.iterdir()):
         return
     try:
@@ -120,23 +126,79 @@ def remove_in_progress() -> None:
             path.unlink(missing_ok=True)
 
 
+HELD_SIGNALS: list[int] | None = None
+"""While a swap of folders is under way, the SIGINT/SIGTERM that arrived (see :func:`signals_held`)."""
+
+
+def hold_signal(signum: int) -> bool:
+    """For a signal handler: True if ``signum`` was held for later, because a swap of folders is under way."""
+    if HELD_SIGNALS is None:
+        return False
+    HELD_SIGNALS.append(signum)
+    return True
+
+
 @contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back for the duration (a swap of folders must not be cut in half)."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the duration (a swap of folders must not be cut in half), then deliver
+    them. A signal handler asks :func:`hold_signal`: masking would cover only the calling thread."""
+    global HELD_SIGNALS
+    HELD_SIGNALS = []
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        held, HELD_SIGNALS = HELD_SIGNALS, None
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)
+
+
+_RENAME_EXCHANGE = 2
+"""renameat2(2)'s flag: swap two paths atomically."""
+
+
+def _exchange(new: Path, out: Path) -> bool:
+    """Swap ``new`` and ``out`` in one atomic step, where the system and filesystem can (Linux renameat2);
+    False where they cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_cwd = -100
+    if renameat2(at_cwd, os.fsencode(new), at_cwd, os.fsencode(out), _RENAME_EXCHANGE) == 0:
+        return True
+    if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(out))
+
+
+def _replace_directory(new: Path, out: Path) -> Path | None:
+    """Put folder ``new`` in the place of ``out``; returns where the old ``out`` now lies, to be removed. Where the
+    filesystem can, the two are exchanged atomically, so that ``out`` is at every moment the old artifact or the
+    new one, even if the process is killed; elsewhere the old one is renamed aside first."""
+    if not out.exists():
+        new.rename(out)
+        return None
+    if _exchange(new, out):
+        return new
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    out.rename(old)
+    new.rename(out)
+    return old
 
 
 def check_creatable(path: Path, what: str) -> None:
     """UserError unless ``path`` can be created as far as can be told before the work (its nearest existing
-    ancestor is a folder), so that a slow step is not wasted on a file in the way."""
+    ancestor is a writable folder), so that a slow step is not wasted on a file in the way."""
     ancestor = next(p for p in path.absolute().parents if p.exists())
     if not ancestor.is_dir():
         raise UserError(f"cannot create {what} {path}: {ancestor} is a file, not a folder")
+    _check_writable(ancestor, path, what)
+
+
+def _check_writable(folder: Path, path: Path, what: str) -> None:
+    """UserError unless this process may create files in ``folder`` (read-only filesystems included)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create {what} {path}: {folder} is not writable")
 
 
 def _creating(out: Path, what: str) -> None:
@@ -161,13 +223,14 @@ def staging_directory(out: Path) -> Iterator[Path]:
     try:
         staging.chmod(0o755)  # mkdtemp's 0700 would make the artifact private
         yield staging
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        with _signals_deferred():
-            if out.exists():
-                out.rename(old)
-            staging.rename(out)
+        with _signals_held():
+            old = _replace_directory(staging, out)
             IN_PROGRESS.discard(staging)
-        shutil.rmtree(old, ignore_errors=True)
+            if old is not None:
+                IN_PROGRESS.add(old)  # the replaced artifact: removed even if a signal comes next
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+            IN_PROGRESS.discard(old)
     finally:
         if staging in IN_PROGRESS:
             shutil.rmtree(staging, ignore_errors=True)
@@ -177,6 +240,9 @@ def staging_directory(out: Path) -> Iterator[Path]:
 def write_atomically(path: Path, data: bytes, what: str) -> None:
     """Write ``data`` to ``path`` through a temporary file beside it: ``path`` is whole or untouched, and no
     temporary file is left on failure or a signal. UserError naming the problem."""
+    if path.is_symlink() or path.exists() and not path.is_file():
+        raise UserError(f"refusing to write {what} {path}: it exists and is not a regular file")
+    check_creatable(path, what)
     _creating(path, what)
     temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
     IN_PROGRESS.add(temporary)
@@ -257,7 +323,7 @@ def _check_values(manifest: Manifest) -> None:
     if manifest.format_version != FORMAT_VERSION:
         raise ValueError(f"format version {manifest.format_version}; this tool reads {FORMAT_VERSION}")
     try:
-        config_from_dict(manifest.config)
+        config = config_from_dict(manifest.config)
     except ValueError as exc:
         raise ValueError(f"field config: {exc}") from exc
     for name, allowed in ENUMS.items():
@@ -266,7 +332,11 @@ def _check_values(manifest: Manifest) -> None:
     for dim, bounds in manifest.dynamic_ranges.items():
         if len(bounds) != 2 or not 1 <= bounds[0] <= bounds[1]:
             raise ValueError(f"field dynamic_ranges.{dim} must be [min, max] with 1 <= min <= max")
+    _check_weights(manifest.weights)
     for kind in ("inputs", "outputs"):
+        names = [tensor.name for tensor in getattr(manifest, kind)]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"field {kind} must list at least one tensor, each name once")
         for i, tensor in enumerate(getattr(manifest, kind)):
             if tensor.dtype not in DTYPES:
                 raise ValueError(f"field {kind}[{i}].dtype is {tensor.dtype!r}; expected one of {', '.join(DTYPES)}")
@@ -276,9 +346,33 @@ def _check_values(manifest: Manifest) -> None:
                 if isinstance(dim, str) and dim not in manifest.dynamic_ranges or isinstance(dim, int) and dim < 1:
                     raise ValueError(f"field {kind}[{i}].shape has {dim!r}: neither a size >= 1 nor a dimension "
                                      "named in dynamic_ranges")
+    _check_against_config(manifest, config)
     on_tensorrt = manifest.backend == "tensorrt"
     if any(on_tensorrt != (value is not None) for value in (manifest.engine_file, manifest.tensorrt)):
         raise ValueError("fields engine_file and tensorrt must be given exactly for the tensorrt backend")
+
+
+def _check_against_config(manifest: Manifest, config: ModelConfig) -> None:
+    """ValueError unless the inputs and outputs are the config's model's, and no range goes past its context."""
+    for kind, expected in zip(("inputs", "outputs"), io_shapes(config)):
+        declared = {t.name: t.shape for t in getattr(manifest, kind)}
+        if declared != expected:
+            raise ValueError(f"field {kind} {declared} is not what field config's model has, {expected}")
+    if isinstance(config, LMConfig) and manifest.dynamic_ranges.get("seq", [1, 1])[1] > config.tgt_len:
+        raise ValueError(f"field dynamic_ranges.seq goes past the model's context (config.tgt_len {config.tgt_len})")
+
+
+def _check_weights(weights: dict) -> None:
+    """ValueError unless ``weights`` records random weights ({"seed": 0..2^32-1}) or a checkpoint (its path,
+    sha256, format and whether its EMA weights were taken)."""
+    seed = weights.get("seed")
+    if set(weights) == {"seed"} and type(seed) is int and 0 <= seed <= MAX_SEED:
+        return
+    kinds = {"checkpoint": str, "sha256": str, "format": str, "ema": bool}
+    if set(weights) != set(kinds) or any(type(weights[k]) is not t for k, t in kinds.items()) \
+            or re.fullmatch("[0-9a-f]{64}", weights["sha256"]) is None:
+        raise ValueError(f"field weights must be {{\"seed\": 0..{MAX_SEED}}} or a checkpoint record "
+                         "{\"checkpoint\", \"sha256\", \"format\", \"ema\"}")
 
 
 def _relative_name(name: str, where: str) -> None:
@@ -308,11 +402,12 @@ def _check_listing(directory: Path, manifest: Manifest) -> None:
         if not path.is_file() or not path.resolve().is_relative_to(root):
             raise UserError(f"artifact {directory} is missing {name}" + (
                 " (the plugin library)" if name == manifest.plugin_library else ""))
+    folders = {parent.as_posix() for name in manifest.files for parent in PurePosixPath(name).parents}
     for path in sorted(directory.rglob("*")):
         name = path.relative_to(directory).as_posix()
         if path.is_symlink() and name not in manifest.files:
             raise UserError(f"artifact {directory}: {name} is a symbolic link (refused: it could lead outside)")
-        if not path.is_dir() and name != MANIFEST and name not in manifest.files:
+        if name != MANIFEST and name not in manifest.files and not (path.is_dir() and name in folders):
             raise UserError(f"artifact {directory} holds {name}, which its manifest does not list (refused)")
 
 

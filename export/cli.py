@@ -16,9 +16,10 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from export.errors import UserError
+from export.options import MAX_SEED
 
 log = logging.getLogger("export")
 
@@ -72,7 +73,6 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
 
 DEFAULT_BATCH = 2
 """Batch of random inputs for run and validate."""
-MAX_SEED = 2**32 - 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -522,23 +522,53 @@ def _configure_logging(verbose: bool, quiet: bool = False) -> None:
 
 def _stop(signum: int, frame) -> None:
     """SIGINT/SIGTERM: remove what was being written, say so, exit 128 + the signal's number. Exits at once:
-    raising inside torch's export or a native call leaves tracebacks and half-built state behind."""
-    from export.artifact import remove_in_progress
+    raising inside torch's export or a native call leaves tracebacks and half-built state behind. During the
+    swap of an old artifact for a new one the signal waits until the swap is done."""
+    from export.artifact import hold_signal, remove_in_progress
 
+    if hold_signal(signum):
+        return
     remove_in_progress()
     os.write(sys.stderr.fileno(), b"interrupted\n" if signum == signal.SIGINT else b"terminated\n")
     os._exit(128 + signum)
 
 
+def _install_stop() -> dict[int, object]:
+    """Install _stop for SIGINT and SIGTERM (main thread only); the handlers it replaced."""
+    return {signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _in_worker(function: Callable[[], int]) -> int:
+    """``function()`` run in a worker thread while the main thread waits for it, so that a signal is handled at
+    once even while the worker is inside a long native call (ONNX Runtime, TensorRT, torch), which would hold a
+    handler in the main thread back until it returned. Its exception is raised here."""
+    outcome: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            outcome["code"] = function()
+        except BaseException as exc:  # handed to the main thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name="fourierformer-deploy", daemon=True)
+    worker.start()
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["code"]
+
+
 @contextlib.contextmanager
-def _stopping_cleanly() -> Iterator[None]:
-    """Install _stop for SIGINT and SIGTERM for the duration (main thread only; restored afterwards)."""
+def _stopping_cleanly() -> Iterator[Callable[[Callable[[], int]], int]]:
+    """For the duration, _stop handles SIGINT and SIGTERM (restored afterwards); yields how to run the command:
+    in a worker thread (see _in_worker). Called off the main thread, where no handler can be installed, it
+    changes nothing and runs the command in place."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield lambda function: function()
         return
-    previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = _install_stop()
     try:
-        yield
+        yield _in_worker
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -548,7 +578,7 @@ def _fail(args: argparse.Namespace, message: str) -> int:
     """Print one error line (and the traceback with -v); the user-error exit code."""
     if args.verbose:
         log.exception("error")
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message holds
     return EXIT_USER_ERROR
 
 
@@ -562,8 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.verbose, args.quiet or json_mode)
     args.stdout = sys.stdout
     try:
-        with _stopping_cleanly(), contextlib.redirect_stdout(sys.stderr) if json_mode else contextlib.nullcontext():
-            return args.func(args)
+        with _stopping_cleanly() as run, \
+                contextlib.redirect_stdout(sys.stderr) if json_mode else contextlib.nullcontext():
+            return run(lambda: args.func(args))
     except UserError as exc:
         return _fail(args, str(exc))
     except ModuleNotFoundError as exc:
@@ -580,3 +611,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # only where _stop could not be installed (main() called from a thread)
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def console() -> None:
+    """The program (``python -m export``, ``fourierformer-deploy``): main() with _stop installed for the whole
+    process, so that a signal after the command (while torch's exit handlers run) still exits 130 or 143."""
+    _install_stop()
+    sys.exit(main())
+

@@ -18,6 +18,8 @@ OPSETS = (17, 23)
 """The opsets the export accepts, first and last: LayerNormalization needs 17; ONNX Runtime 1.31 reads up to 23."""
 TOLERANCES = {"fp32": (1e-4, 1e-4, 1e-4), "fp16": (5e-2, 5e-2, 5e-3)}
 """validate's default atol, rtol and normwise bound by precision."""
+MAX_SEED = 2**32 - 1
+"""The largest seed (numpy's and torch's generators take 32 bits)."""
 BUILT_DIR = Path("engines/built")
 """Where build-engine puts an artifact without --out (relative to the working folder):
 BUILT_DIR/MODEL[-ema]-BACKEND-PRECISION."""

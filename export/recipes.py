@@ -51,6 +51,8 @@ def load_recipe(name: str) -> dict:
         _check(recipe)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"recipe {path} is not valid TOML: {exc}") from exc
+    except RecursionError as exc:
+        raise UserError(f"recipe {path} is not a recipe: nested too deeply") from exc
     except ValueError as exc:
         raise UserError(f"recipe {path}: {exc}") from exc
     if "shapes" in recipe:

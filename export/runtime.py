@@ -5,6 +5,8 @@ and numpy only: nothing here imports torch, onnx or Polygraphy (TensorRT artifac
 from __future__ import annotations
 
 import logging
+import math
+import tempfile
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -38,7 +40,7 @@ def ort_session(onnx_path: Path | bytes, library: Path | None, threads: int = 0)
     ort = _onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors reach the user through the exception, in one line
     if library is not None:
         if not library.is_file():
             raise UserError(f"plugin library not found: {library}")
@@ -46,11 +48,27 @@ def ort_session(onnx_path: Path | bytes, library: Path | None, threads: int = 0)
             options.register_custom_ops_library(str(library))
         except Exception as exc:  # ORT raises its own RuntimeError subclasses
             raise UserError(f"cannot load plugin library {library}: {exc}") from exc
-    model = onnx_path if isinstance(onnx_path, bytes) else str(onnx_path)
+    if not isinstance(onnx_path, bytes):
+        return _session(ort, str(onnx_path), options)
+    with tempfile.TemporaryDirectory(prefix="fourierformer-no-external-data-") as empty:
+        # ONNX Runtime looks for a serialized model's external data in the working folder unless told where:
+        # point it at an empty folder, so that a model cannot read outside files (absolute paths and '..' are
+        # refused by ONNX Runtime itself).
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", empty)
+        return _session(ort, onnx_path, options)
+
+
+def _session(ort, model: str | bytes, options) -> ort.InferenceSession:
+    """The CPU session; UserError with ONNX Runtime's reason if it refuses the model."""
     try:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise UserError(f"ONNX Runtime cannot load the model: {exc}") from exc
+        raise UserError(f"ONNX Runtime cannot load the model: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (ONNX Runtime's and TensorRT's span several)."""
+    return " ".join(str(exc).split())
 
 
 def _own_library(directory: Path, manifest: Manifest) -> Path | None:
@@ -74,11 +92,35 @@ def _open(directory: Path) -> tuple[Manifest, ort.InferenceSession | BaseRunner]
     manifest = load_manifest(directory)
     library = _own_library(directory, manifest)
     if manifest.backend == "onnxruntime":
-        return manifest, ort_session(read_verified(directory, manifest, manifest.onnx_file), library)
+        session = ort_session(read_verified(directory, manifest, manifest.onnx_file), library)
+        _check_session_io(directory, manifest, session)
+        return manifest, session
     from export.tensorrt_backend import tensorrt_runner
 
     return manifest, tensorrt_runner(read_verified(directory, manifest, manifest.engine_file), manifest.tensorrt,
                                      library)
+
+
+ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int64": "tensor(int64)",
+             "int32": "tensor(int32)"}
+"""ONNX Runtime's names of the manifest's dtypes."""
+
+
+def _check_session_io(directory: Path, manifest: Manifest, session: ort.InferenceSession) -> None:
+    """UserError unless the model's own inputs and outputs are the manifest's: the same names, dtypes and ranks,
+    and a size wherever the model fixes one. A manifest edited to disagree with its model is refused at load."""
+    for kind, actual in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+        declared = {t.name: t for t in getattr(manifest, kind)}
+        if sorted(declared) != sorted(a.name for a in actual):
+            raise UserError(f"artifact {directory}: the manifest's {kind} {sorted(declared)} are not the model's "
+                            f"{sorted(a.name for a in actual)}")
+        for a in actual:
+            info = declared[a.name]
+            # where the model fixes an axis the manifest must give that size; a dynamic axis may be named or fixed
+            if a.type != ORT_TYPES[info.dtype] or len(a.shape) != len(info.shape) or any(
+                    isinstance(theirs, int) and mine != theirs for mine, theirs in zip(info.shape, a.shape)):
+                raise UserError(f"artifact {directory}: the manifest says {kind[:-1]} {a.name!r} is {info.dtype} "
+                                f"{info.shape}, but the model has {a.type} {a.shape}")
 
 
 def artifact_feeds(manifest: Manifest, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -142,10 +184,9 @@ def _check_npz_sizes(archive: zipfile.ZipFile, path: Path, limit: int) -> None:
             shape, _, dtype = reader(member)
         if dtype.hasobject:
             raise UserError(f"{path}: {info.filename} holds Python objects, not numbers")
-        declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-        if declared > limit:
-            raise UserError(f"{path}: {info.filename} declares {declared / 2**30:.1f} GiB, more than the artifact's "
-                            f"inputs can take ({limit / 2**20:.1f} MiB)")
+        if math.prod(shape) * dtype.itemsize > limit:  # exact: Python integers do not overflow
+            raise UserError(f"{path}: {info.filename} declares a {dtype} array of shape {str(shape)[:60]}, more "
+                            f"than the artifact's inputs can take ({limit / 2**20:.1f} MiB)")
 
 
 def load_npz(path: Path, limit: int) -> dict[str, np.ndarray]:
@@ -159,8 +200,9 @@ def load_npz(path: Path, limit: int) -> dict[str, np.ndarray]:
             _check_npz_sizes(archive, path, limit)
         with np.load(path, allow_pickle=False) as data:
             return {name: data[name] for name in data.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise UserError(f"{path} is not a readable .npz file: {exc}") from exc
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError) as exc:
+        # RuntimeError: an encrypted member; NotImplementedError: a compression method zipfile lacks
+        raise UserError(f"{path} is not a readable .npz file: {_one_line(exc)}") from exc
 
 
 @dataclass(frozen=True)
@@ -202,13 +244,17 @@ class Artifact:
         feeds = dict(feeds)
         check_feeds(self.manifest, feeds)
         names = [t.name for t in self.manifest.outputs]
-        if self._on_onnxruntime:
-            return dict(zip(names, self.backend.run(names, feeds)))
-        with self._lock:
-            if not self.backend.is_active:
-                self.backend.activate()
-            outputs = self.backend.infer(feeds)
-            return {name: np.array(outputs[name]) for name in names}
+        try:
+            if self._on_onnxruntime:
+                return dict(zip(names, self.backend.run(names, feeds)))
+            with self._lock:
+                if not self.backend.is_active:
+                    self.backend.activate()
+                outputs = self.backend.infer(feeds)
+                return {name: np.array(outputs[name]) for name in names}
+        except Exception as exc:  # ONNX Runtime's and Polygraphy's own error types
+            backend = "ONNX Runtime" if self._on_onnxruntime else "TensorRT"
+            raise UserError(f"{backend} failed to run artifact {self.directory}: {_one_line(exc)}") from exc
 
     @property
     def _on_onnxruntime(self) -> bool:
@@ -236,5 +282,8 @@ class Artifact:
 
 def load_artifact(directory: Path) -> Artifact:
     """Verify an artifact directory (every file against its sha256) and open it on its manifest's backend."""
-    manifest, backend = _open(Path(directory))
+    try:
+        manifest, backend = _open(Path(directory))
+    except OSError as exc:  # a name too long, a folder that cannot be read
+        raise UserError(f"cannot read the artifact {directory}: {exc.strerror or exc}") from exc
     return Artifact(Path(directory), manifest, backend)

@@ -265,6 +265,19 @@ def tensorrt_runner(engine: bytes, built_with: TensorRTInfo, plugin_library: Pat
                         f"this GPU is {device}: rebuild with --compute-capability {device}")
     if plugin_library is not None:
         load_plugin_library(trt, plugin_library)
-    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+    from polygraphy.backend.trt import TrtRunner
 
-    return TrtRunner(EngineFromBytes(engine), name=trt.flavour)
+    return TrtRunner(_deserialize(trt, engine), name=trt.flavour)
+
+
+def _deserialize(trt: TensorRT, engine: bytes):
+    """The engine, deserialized with engine host code refused. Polygraphy's loaders allow it (version-compatible
+    engines carry code of their own); ours are never built so, and an artifact brings no code."""
+    from polygraphy.backend.trt.util import get_trt_logger
+
+    runtime = trt.module.Runtime(get_trt_logger())
+    runtime.engine_host_code_allowed = False
+    deserialized = runtime.deserialize_cuda_engine(engine)
+    if deserialized is None:
+        raise UserError(f"{trt.flavour} cannot deserialize the engine (see the log with -v)")
+    return deserialized

@@ -21,7 +21,7 @@ from export.errors import UserError
 from export.options import TOLERANCES
 from export.runtime import artifact_feeds, check_feeds, check_sizes, load_artifact
 from fourierformer.configs import LMConfig, config_from_dict
-from fourierformer.models import example_inputs
+from fourierformer.models import create_model, example_inputs
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +86,19 @@ def error_stats(name: str, out: np.ndarray, ref: np.ndarray) -> OutputError:
     return OutputError(name, float(diff.max()) if diff.size else 0.0, max_rel, norm_rel)
 
 
-def eager_model(manifest: Manifest, checkpoint: Path | None = None) -> torch.nn.Module:
-    """Rebuild the artifact's eager model from its manifest (same config, same weights: see rebuild_model)."""
+def eager_model(directory: Path, manifest: Manifest, checkpoint: Path | None = None) -> torch.nn.Module:
+    """Rebuild the artifact's eager model from its manifest (same config, same weights: see rebuild_model),
+    once its size is found to fit what the artifact's model file holds."""
     try:
         config = config_from_dict(manifest.config)
     except ValueError as exc:
         raise UserError(f"the artifact's model config does not fit this version ({exc}); rebuild it") from exc
+    with torch.device("meta"):  # counted without allocating: a manifest cannot make validate exhaust memory
+        parameters = sum(p.numel() for p in create_model(config).parameters())
+    held = (directory / manifest.onnx_file).stat().st_size
+    if parameters > held + (1 << 20):  # float16 weights take 2 bytes each, float32 4
+        raise UserError(f"artifact {directory}: its config describes {parameters:,} parameters, more than its "
+                        f"{manifest.onnx_file} ({held:,} bytes) can hold")
     return rebuild_model(config, manifest.weights, checkpoint)
 
 
@@ -104,7 +111,7 @@ def validate(directory: Path, batch: int = 2, seq: int | None = None, seed: int 
     """
     artifact = load_artifact(directory)
     manifest = artifact.manifest
-    model = eager_model(manifest, checkpoint)
+    model = eager_model(directory, manifest, checkpoint)
     config = model.config
     if seq is not None and not isinstance(config, LMConfig):
         raise UserError("--seq applies to language models only")
@@ -118,7 +125,10 @@ def validate(directory: Path, batch: int = 2, seq: int | None = None, seed: int 
     atol, rtol, max_norm_error = (d if v is None else v for v, d in zip((atol, rtol, max_norm_error), defaults))
     names = [t.name for t in manifest.outputs]
     runners = [artifact.polygraphy_runner(), EagerRunner(model, names, feeds)]
-    results = Comparator.run(runners, data_loader=[feeds])
+    try:
+        results = Comparator.run(runners, data_loader=[feeds])
+    except Exception as exc:  # ONNX Runtime's, TensorRT's and Polygraphy's own error types
+        raise UserError(f"validate could not run {directory}: {exc}") from exc
     accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
     built, eager = (iterations[0] for _, iterations in results)
     stats = [error_stats(n, np.asarray(built[n]), np.asarray(eager[n])) for n in names]

@@ -321,6 +321,8 @@ def _float32(state: object, what: str) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{what} is not a state_dict: entry {name!r} is a {type(value).__name__}")
         if value.layout != torch.strided or value.is_quantized or value.is_nested or value.device.type != "cpu":
             raise CheckpointError(f"tensor {name} in {what} is not a dense CPU tensor ({value.layout}, {value.device})")
+        if value.is_complex():
+            raise CheckpointError(f"tensor {name} in {what} is complex ({value.dtype}); the models' weights are real")
         tensor = value.detach().float() if value.is_floating_point() else value.detach()
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"tensor {name} in {what} has non-finite values (NaN or inf)")

@@ -80,35 +80,58 @@ class ViTConfig:
 ModelConfig = Union[LMConfig, ViTConfig]
 
 
+MAX_SIZE = 1 << 20
+"""The largest size a config field may hold (WikiText-103's vocabulary is 267 735)."""
+MAX_LAYERS = 1024
+"""The most layers a config may have."""
+MAX_RATIO = 64.0
+"""The largest mlp_ratio."""
+
+
 def _check_fields(config: ModelConfig) -> None:
-    """ValueError naming the first field of the wrong type or range: sizes are integers >= 1, floats finite and
-    > 0, literals one of their values, and the op's attributes (power, eps) valid for the op."""
+    """ValueError naming the first field of the wrong type or range: sizes are integers in 1..MAX_SIZE (layers
+    1..MAX_LAYERS), floats finite and > 0, literals one of their values, and the op's attributes (power, eps)
+    valid for the op."""
     hints = typing.get_type_hints(type(config))
     for spec in fields(config):
         value, hint = getattr(config, spec.name), hints[spec.name]
         if hint is int:
-            good = type(value) is int and value >= 1
+            good = type(value) is int and 1 <= value <= _largest(spec.name)
         elif hint is float:
-            good = type(value) in (int, float) and math.isfinite(value) and value > 0
+            good = type(value) in (int, float) and math.isfinite(value) and 0 < value <= _largest(spec.name)
         elif hint is bool:
             good = type(value) is bool
         elif typing.get_origin(hint) is Literal:
             good = value in typing.get_args(hint)
         else:  # cutoffs
-            good = isinstance(value, tuple) and all(type(v) is int and v >= 1 for v in value)
+            good = isinstance(value, tuple) and all(type(v) is int and 1 <= v <= MAX_SIZE for v in value)
         if not good:
-            raise ValueError(f"field {spec.name} is {value!r}, not {_expected(hint)}")
+            raise ValueError(f"field {spec.name} is {value!r}, not {_expected(hint, spec.name)}")
     try:
         opspec.check_attributes({"power": config.power, "eps": config.eps})
     except ValueError as exc:
         raise ValueError(f"the attention's {exc}") from exc
 
 
-def _expected(hint: object) -> str:
-    """What a field of type ``hint`` must hold, in words."""
+def _largest(name: str) -> float:
+    """The largest value field ``name`` may hold."""
+    return {"n_layer": MAX_LAYERS, "depth": MAX_LAYERS, "mlp_ratio": MAX_RATIO}.get(name, MAX_SIZE)
+
+
+def _expected(hint: object, name: str) -> str:
+    """What field ``name`` of type ``hint`` must hold, in words."""
     if typing.get_origin(hint) is Literal:
         return "one of " + ", ".join(map(repr, typing.get_args(hint)))
-    return {int: "an integer >= 1", float: "a finite number > 0", bool: "true or false"}.get(hint, "integers >= 1")
+    return {int: f"an integer in 1..{_largest(name)}", float: f"a finite number in (0, {_largest(name):g}]",
+            bool: "true or false"}.get(hint, f"integers in 1..{MAX_SIZE}")
+
+
+def io_shapes(config: ModelConfig) -> tuple[dict[str, list[int | str]], dict[str, list[int | str]]]:
+    """The model's inputs and outputs, each name with its shape; ``batch`` and ``seq`` name the dynamic axes."""
+    if isinstance(config, LMConfig):
+        return {"tokens": ["batch", "seq"]}, {"log_probs": ["batch", "seq", config.n_token]}
+    size = config.img_size
+    return {"images": ["batch", config.in_chans, size, size]}, {"logits": ["batch", config.num_classes]}
 
 CONFIGS: dict[str, ModelConfig] = {
     "lm-small": LMConfig(WIKITEXT103_VOCAB, n_layer=16, n_head=8, d_model=128, d_head=16, d_inner=2048, tgt_len=256,

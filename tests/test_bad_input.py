@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -77,6 +79,17 @@ def _npz_with_header(path: Path, name: str, shape: tuple[int, ...], dtype: str =
         archive.writestr(f"{name}.npy", header.getvalue() + b"\0" * 64)
 
 
+def _npz_flagged(path: Path, offsets: dict[int, bytes]) -> None:
+    """A valid one-member .npz with bytes patched at ``offsets`` from both the local and the central header."""
+    np.savez(path, images=np.zeros((1, 3, 32, 32), np.float32))
+    data = bytearray(path.read_bytes())
+    central = data.rfind(b"PK\x01\x02")
+    for offset, value in offsets.items():  # local header offsets; the central header's lie 2 bytes further
+        data[offset:offset + len(value)] = value
+        data[central + offset + 2:central + offset + 2 + len(value)] = value
+    path.write_bytes(bytes(data))
+
+
 def _zip_bomb(path: Path, name: str, size: int) -> None:
     """A deflated member of ``size`` zero bytes behind a valid .npy header (a few hundred KiB on disk)."""
     header = io.BytesIO()
@@ -92,7 +105,11 @@ def _zip_bomb(path: Path, name: str, size: int) -> None:
 @pytest.mark.parametrize("make, message", [
     (lambda p: np.save(p, np.zeros(3)), "is not an .npz file"),
     (lambda p: p.write_bytes(b"PK\x03\x04 broken"), "is not an .npz file"),
-    (lambda p: _npz_with_header(p, "images", (1 << 30, 3)), "images.npy declares 12.0 GiB"),
+    (lambda p: _npz_with_header(p, "images", (1 << 30, 3)),
+     "images.npy declares a float32 array of shape (1073741824, 3), more than"),
+    (lambda p: _npz_with_header(p, "images", (10**400, 3)), "images.npy declares a float32 array of shape (1000"),
+    (lambda p: _npz_flagged(p, {6: b"\x01"}), "is encrypted, password required"),
+    (lambda p: _npz_flagged(p, {8: b"\x63\x00"}), "That compression method is not supported"),
     (lambda p: _zip_bomb(p, "images", 256 << 20), "images.npy unpacks to 256.0 MiB"),
     (lambda p: np.savez(p, images=np.array([object()] * 2, dtype=object)), "holds Python objects"),
     (lambda p: np.savez(p, pixels=np.zeros((1, 3, 32, 32), np.float32)), "do not match the model's inputs ['images']"),
@@ -124,6 +141,7 @@ def test_token_ids_outside_the_vocabulary(artifacts, tmp_path, capsys, token, me
     (lambda s: {**s, "head.weight": None}, "head.weight"),
     (lambda s: {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in s.items()},
      "non-finite values"),
+    (lambda s: {**s, "head.weight": s["head.weight"].to(torch.complex64)}, "is complex (torch.complex64)"),
 ])
 def test_bad_checkpoint_values(tmp_path, capsys, state, message):
     torch.save(state(create_model(get_config("tiny-vit")).state_dict()), tmp_path / "w.pt")
@@ -141,6 +159,7 @@ def test_bad_checkpoint_values(tmp_path, capsys, state, message):
     ('[shapes]\nbatch = ["1", 2, 3]', "shapes.batch must be [MIN, OPT, MAX]"),
     ('colour = "blue"', "unknown key 'colour'"),
     ('model = ', "is not valid TOML"),
+    ('model = ' + '[' * 100_000 + ']' * 100_000, "nested too deeply"),
 ])
 def test_bad_recipes(tmp_path, capsys, text, message):
     (tmp_path / "r.toml").write_text(text + "\n")
@@ -217,3 +236,85 @@ def test_a_signal_while_an_artifact_is_written_removes_it(tmp_path, signum, code
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == code and "not reached" not in result.stdout, result.stderr
     assert list(tmp_path.iterdir()) == [], "the partial artifact was left behind"
+
+
+SWAP_SIGNALLED = """
+import os, sys
+from pathlib import Path
+import export.artifact as artifact
+from export.cli import _stopping_cleanly
+if sys.argv[3] == "renames":
+    artifact._exchange = lambda new, out: False
+replace = artifact._replace_directory
+def signalled(new, out):
+    os.kill(os.getpid(), int(sys.argv[2]))  # arrives as the swap begins: held until it is done
+    return replace(new, out)
+artifact._replace_directory = signalled
+with _stopping_cleanly(), artifact.staging_directory(Path(sys.argv[1])) as staging:
+    (staging / "model.onnx").write_text("new")
+print("not reached")
+"""
+
+
+@pytest.mark.parametrize("swap", ["exchange", "renames"])
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_swap_leaves_the_new_artifact_whole(tmp_path, signum, code, swap):
+    (tmp_path / "art").mkdir()  # the old artifact: an empty folder may be replaced
+    result = subprocess.run([sys.executable, "-c", SWAP_SIGNALLED, str(tmp_path / "art"), str(int(signum)), swap],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == code and "not reached" not in result.stdout, result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["art"], "the old artifact or the staging folder was left"
+    assert (tmp_path / "art" / "model.onnx").read_text() == "new"
+
+
+def test_a_signal_inside_a_long_native_call_stops_at_once(tmp_path):
+    """ONNX Runtime runs the op for seconds here (N=8192); SIGTERM must not wait for it to return."""
+    process = subprocess.Popen([sys.executable, "-m", "export", "bench", "--sizes", "2,8,8192,64", "--repeats", "3",
+                                "--warmup", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=tmp_path)
+    for line in process.stderr:
+        if "eager-fp32" in line:  # skipped (too large); ONNX Runtime's run comes next
+            time.sleep(3)
+            break
+    start = time.perf_counter()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    assert time.perf_counter() - start < 2, "the signal waited for the native call"
+
+
+def test_the_program_keeps_its_handler_while_exit_handlers_run():
+    """A Ctrl-C after the command, while torch's exit handlers run, exits 130 like any other (not 0)."""
+    script = ("import atexit, signal, sys; from export import cli; sys.argv = ['x', '--version']; "
+              "atexit.register(lambda: print(signal.getsignal(signal.SIGINT) is cli._stop)); cli.console()")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == "True", result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_an_output_that_is_not_a_regular_file_is_left_alone(artifacts, tmp_path, capsys, kind):
+    target = tmp_path / "out.npz"
+    if kind == "symlink":
+        (tmp_path / "elsewhere.npz").write_text("mine")
+        target.symlink_to(tmp_path / "elsewhere.npz")
+    else:
+        os.mkfifo(target)
+    one_line_error(capsys, "run", artifacts["tiny-vit"], "--output", target,
+                   message="it exists and is not a regular file")
+    assert target.is_symlink() if kind == "symlink" else stat.S_ISFIFO(target.lstat().st_mode)
+
+
+def test_the_working_folder_is_never_the_artifact(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.txt").write_text("mine")
+    one_line_error(capsys, "build-engine", "--model", "tiny-vit", "--out", ".", message="it holds the working folder")
+    assert (tmp_path / "mine.txt").exists()
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_the_build(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)  # root ignores permission bits
+    start = time.perf_counter()
+    one_line_error(capsys, "build-engine", "--model", "tiny-vit", "--out", tmp_path / "art",
+                   message=f"{tmp_path} is not writable")
+    one_line_error(capsys, "onnx", "--model", "tiny-vit", "--out", tmp_path / "m.onnx",
+                   message=f"{tmp_path} is not writable")
+    assert time.perf_counter() - start < 5  # before the export

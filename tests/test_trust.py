@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,19 @@ def test_a_listed_file_that_is_missing_is_refused(built, tmp_path, capsys):
     (lambda m: m.update(format_version="1"), "field format_version must be int"),
     (lambda m: m.update(surprise=1), "unknown field surprise"),
     (lambda m: m.update(engine_file="model.onnx"), "engine_file and tensorrt must be given exactly for the tensorrt"),
+    (lambda m: m.update(weights={"seed": 2**80}), "field weights must be {\"seed\": 0..4294967295}"),
+    (lambda m: m.update(weights={"checkpoint": "/x.pt", "sha256": "0", "format": "x", "ema": False}),
+     "or a checkpoint record"),
+    (lambda m: m.update(outputs=[]), "field outputs must list at least one tensor, each name once"),
+    (lambda m: m.update(inputs=m["inputs"] * 2), "field inputs must list at least one tensor, each name once"),
+    (lambda m: m["config"].update(embed_dim=3 << 20), "field config: field embed_dim is 3145728, not an integer in "
+                                                      "1..1048576"),
+    (lambda m: m["config"].update(depth=2000), "field depth is 2000, not an integer in 1..1024"),
+    (lambda m: m["config"].update(img_size=4096), "field inputs {'images': ['batch', 3, 32, 32]} is not what field "
+                                                  "config's model has, {'images': ['batch', 3, 4096, 4096]}"),
+    (lambda m: (m["config"].update(num_classes=11), m["outputs"][0].update(shape=["batch", 11])),
+     "the manifest says output 'logits' is float32 ['batch', 11], but the model has tensor(float) ['batch', 10]"),
+    (lambda m: m["outputs"][0].update(dtype="float16"), "the manifest says output 'logits' is float16"),
 ])
 def test_a_malformed_manifest_is_one_line_naming_the_field(built, tmp_path, capsys, mutate, message):
     artifact, manifest = _copy(built, tmp_path)
@@ -181,3 +195,74 @@ def test_a_manifest_that_is_not_a_json_object_is_one_line(built, tmp_path, capsy
     artifact, _ = _copy(built, tmp_path)
     (artifact / MANIFEST).write_bytes(content)
     _refused(artifact, capsys, "is not a valid manifest")
+
+
+def test_validate_refuses_a_config_larger_than_the_model_it_ships(built, tmp_path, capsys):
+    """A config the model file is far too small for is refused before the eager model is built (a manifest
+    cannot make validate allocate terabytes)."""
+    artifact, manifest = _copy(built, tmp_path)
+    manifest["config"].update(embed_dim=3 << 18, depth=1024)
+    _save(artifact, manifest)
+    assert main(["validate", str(artifact)]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip()
+    assert "its config describes 7,599,835,015,545,866 parameters" in err and "parameters, more than its model.onnx" in err, err
+    assert len(err.splitlines()) == 1
+
+
+def _external_data_model(location: str) -> bytes:
+    """An ONNX model whose one initializer is external data at ``location``; its output is those bytes."""
+    from onnx import TensorProto, helper
+
+    secret = TensorProto(name="secret", data_type=TensorProto.UINT8, dims=[16], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", "0"), ("length", "16")):
+        secret.external_data.add(key=key, value=value)
+    graph = helper.make_graph([helper.make_node("Cast", ["secret"], ["logits"], to=TensorProto.FLOAT)], "leak",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+                              initializer=[secret])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("location", ["secret.bin", "../secret.bin", "/etc/hostname"])
+def test_a_model_cannot_read_outside_files_as_external_data(built, tmp_path, capsys, monkeypatch, location):
+    """ONNX Runtime would look for a serialized model's external data in the working folder."""
+    artifact, manifest = _copy(built, tmp_path)
+    (artifact / "model.onnx").write_bytes(_external_data_model(location))
+    manifest["files"]["model.onnx"] = _sha256(artifact / "model.onnx")
+    _save(artifact, manifest)
+    for folder in (tmp_path, artifact):
+        (folder / "secret.bin").write_bytes(b"S" * 16)
+    (artifact / "secret.bin").unlink()
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(artifact)]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip()
+    assert "ONNX Runtime cannot load the model: " in err and "External data" in err, err
+    assert len(err.splitlines()) == 1
+
+
+def test_python_m_export_does_not_import_modules_planted_in_the_working_folder(built, tmp_path):
+    """``python -m`` puts the working folder first on sys.path: an artifact folder with a numpy.py in it."""
+    marker = tmp_path / "marker"
+    for module in ("numpy", "polygraphy", "ctypes", "onnxruntime"):
+        (tmp_path / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').write('planted')\n")
+    result = subprocess.run([sys.executable, "-m", "export", "run", str(built)], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert not marker.exists(), "a module planted in the working folder was imported"
+
+
+def test_an_unlisted_empty_folder_is_refused(built, tmp_path, capsys):
+    artifact, _ = _copy(built, tmp_path)
+    (artifact / "hidden").mkdir()
+    _refused(artifact, capsys, "holds hidden, which its manifest does not list (refused)")
+
+
+def test_a_name_too_long_is_one_line(tmp_path, capsys):
+    long_name = tmp_path / ("x" * 300)
+    assert main(["run", str(long_name)]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    with pytest.raises(UserError):
+        export.load(long_name)
