@@ -31,13 +31,14 @@ typical use:
   {prog} build-engine --model tiny-vit --out engines/built/tiny-vit
   {prog} validate engines/built/tiny-vit
   {prog} run engines/built/tiny-vit --input in.npz --output out.npz
+  {prog} serve engines/built/tiny-vit                     # Triton Inference Server, HTTP and gRPC
   {prog} build-engine --checkpoint output/checkpoint.pth   # trained with the official DeiT code
   {prog} build-engine --checkpoint LM-TFM/model.pt         # trained with the official LM code
 """
 
 EXIT_OK, EXIT_VALIDATION_FAILED, EXIT_USER_ERROR = 0, 1, 2
 EXTRA_OF = {**dict.fromkeys(("torch", "onnx", "onnxscript", "onnx_graphsurgeon", "polygraphy", "safetensors"), "export"),
-            "onnxruntime": "onnxruntime", "matplotlib": "plot"}
+            "onnxruntime": "onnxruntime", "matplotlib": "plot", "pytriton": "serve", "tritonclient": "serve"}
 """The package extra that installs each optional top-level module the commands import."""
 
 
@@ -324,6 +325,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_triton(args: argparse.Namespace) -> int:
+    """Write a Triton model repository for an artifact."""
+    from pathlib import PurePosixPath
+
+    from export.serving.repository import write_repository
+
+    out = write_repository(args.artifact, args.out, args.name, args.max_batch, args.instances,
+                           PurePosixPath(args.server_path) if args.server_path else None)
+    if args.json:
+        _print_json(args, {"artifact": str(args.artifact), "model": str(out)})
+        return EXIT_OK
+    print(f"wrote {out} (see {out / 'README.md'}); start a server with: tritonserver --model-repository="
+          f"{args.server_path or out.parent.absolute()}")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve an artifact from a Triton Inference Server on this machine until stopped."""
+    from export.serving.server import Ports, serve
+
+    def ready(shape, ports: Ports, log_file: Path | None) -> None:
+        print(f"serving {shape.name} at http://{ports.address}:{ports.http} and {ports.address}:{ports.grpc} "
+              f"(gRPC); metrics at http://{ports.address}:{ports.metrics}/metrics; batches up to {shape.max_batch}"
+              + (f"; server log {log_file}" if log_file else "") + "; Ctrl-C stops", file=args.stdout, flush=True)
+
+    ports = Ports(args.address, args.http_port, args.grpc_port, args.metrics_port)
+    serve(args.artifact, ports, args.name, args.max_batch, args.instances, ready, AT_STOP.append, args.verbose)
+    return EXIT_OK
+
+
 DEFAULT_BENCH_BATCH = {"cpu": "1,4", "cuda": "4,8"}
 """B,H of the default bench sizes per device."""
 
@@ -378,6 +409,13 @@ def _refuse(flags: tuple[tuple[str, object], ...], why: str) -> None:
     given = [flag for flag, value in flags if value]
     if given:
         raise UserError(f"{', '.join(given)} {why}")
+
+
+def _add_serving(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", help="the model's name on the server (default: the artifact's model)")
+    parser.add_argument("--max-batch", type=_integer(1), help="largest batch Triton forms (default 64, or the "
+                                                            "artifact's largest if smaller)")
+    parser.add_argument("--instances", type=_integer(1, 64), default=1, help="model instances (default 1)")
 
 
 def _add_json(parser: argparse.ArgumentParser) -> None:
@@ -470,6 +508,36 @@ def make_parser() -> argparse.ArgumentParser:
     _add_json(p)
     p.set_defaults(func=cmd_validate)
 
+    p = command("triton", help="write a Triton Inference Server model repository for an artifact",
+                description="Write REPO/NAME/: config.pbtxt (inputs and outputs from the manifest, the batch axis as "
+                            "max_batch_size, dynamic batching, instance groups), the model as version 1, our "
+                            "plugin library, SHA256SUMS and a README saying how to start tritonserver (ONNX "
+                            "Runtime backend with our custom op, or TensorRT backend with our plugin).",
+                epilog=f"example:\n  {prog} triton engines/built/deit-tiny-onnxruntime-fp32 --out models --max-batch 32",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("artifact", type=Path, help="artifact directory from build-engine")
+    p.add_argument("--out", type=Path, required=True, help="the model repository (other models in it are left alone)")
+    _add_serving(p)
+    p.add_argument("--server-path", help="where the server will see the repository, e.g. /models in a container "
+                                         "(default: its path here); the custom-op library is named from there")
+    _add_json(p)
+    p.set_defaults(func=cmd_triton)
+
+    p = command("serve", help="serve an artifact from a Triton Inference Server on this machine (PyTriton)",
+                description="Start Triton Inference Server (the one nvidia-pytriton ships) with the artifact as its "
+                            "model, run through export.load with dynamic batching; print a line when it is ready; "
+                            "Ctrl-C stops it. Needs the [serve] extra.",
+                epilog=f"example:\n  {prog} serve engines/built/tiny-vit --http-port 8000 --grpc-port 8001",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("artifact", type=Path, help="artifact directory from build-engine")
+    p.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine "
+                                                          "only; 0.0.0.0 for every interface)")
+    p.add_argument("--http-port", type=_integer(1, 65535), default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--grpc-port", type=_integer(1, 65535), default=8001, help="gRPC port (default 8001)")
+    p.add_argument("--metrics-port", type=_integer(1, 65535), default=8002, help="Prometheus metrics port (default 8002)")
+    _add_serving(p)
+    p.set_defaults(func=cmd_serve)
+
     p = command("bench", help="time the FourierAttention implementations (CPU or GPU)",
                 description="Each implementation is first checked against a float64 oracle, then timed: "
                             "median of --repeats runs after --warmup runs, over rotating inputs (CUDA events "
@@ -529,8 +597,14 @@ def _stop(signum: int, frame) -> None:
     if hold_signal(signum):
         return
     remove_in_progress()
+    for stop in AT_STOP:
+        stop()
     os.write(sys.stderr.fileno(), b"interrupted\n" if signum == signal.SIGINT else b"terminated\n")
     os._exit(128 + signum)
+
+
+AT_STOP: list[Callable[[], object]] = []
+"""What a command asked to run when a signal stops the process (a server to shut down)."""
 
 
 def _install_stop() -> dict[int, object]:

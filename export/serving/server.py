@@ -1,0 +1,115 @@
+"""``python -m export serve``: a built artifact behind a real Triton Inference Server on this machine.
+
+PyTriton (``nvidia-pytriton``) starts the ``tritonserver`` its wheel ships and binds the model to a Python
+inference function, which runs the artifact through :func:`export.load` (inputs checked, token ids included).
+Triton batches requests dynamically, answers HTTP and gRPC and publishes metrics. The serving dependencies are the
+``[serve]`` extra; PyTriton needs numpy < 2, so they live in an environment of their own (see the README).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from export.errors import UserError
+from export.paths import cache_dir
+from export.serving.repository import QUEUE_DELAY_US, ServingShape, serving_shape
+
+log = logging.getLogger(__name__)
+
+EXIT_TIMEOUT_S = 2
+"""How long Triton waits for requests in flight when it stops (its own default is 30 s)."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Where the server listens."""
+
+    address: str = "127.0.0.1"
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+
+def _pytriton():
+    """PyTriton's modules; UserError naming the extra if it is missing."""
+    try:
+        from pytriton import decorators, model_config, triton
+    except ImportError as exc:
+        raise UserError("serve needs PyTriton, which is not installed: pip install 'fourierformer-deploy[serve]' "
+                        "(in an environment of its own: PyTriton needs numpy < 2)") from exc
+    return decorators, model_config, triton
+
+
+def _server_environment() -> None:
+    """Put this interpreter's own libpython first on the library path of the server, which Triton's Python
+    backend stub links: a Python built elsewhere (pyenv) would otherwise meet the system's libpython and fail to
+    load the model."""
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir:
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, os.environ.get("LD_LIBRARY_PATH")) if p)
+    # the shared-memory tracker PyTriton starts would warn at exit about segments the stopped server owned
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
+
+
+def _tensors(model_config, tensors) -> list:
+    """PyTriton tensors of the manifest's (the batch axis left out, -1 for other dynamic axes)."""
+    return [model_config.Tensor(name=t.name, dtype=np.dtype(t.dtype),
+                                shape=tuple(-1 if isinstance(d, str) else d for d in t.shape[1:]))
+            for t in tensors]
+
+
+def server_log(name: str) -> Path:
+    """Where the server of model ``name`` writes its log (replaced at each start)."""
+    return cache_dir() / "triton-logs" / f"{name}.log"
+
+
+def serve(directory: Path, ports: Ports, name: str | None = None, max_batch: int | None = None,
+          instances: int = 1, ready: Callable[[ServingShape, Ports, Path | None], None] = lambda *_: None,
+          at_stop: Callable[[Callable[[], object]], None] = lambda stop: None, verbose: bool = False) -> None:
+    """Serve the artifact until the server stops. ``ready`` is called once it answers, with the server's log
+    (None with ``verbose``: the log goes to stderr); ``at_stop`` is handed the function that stops it (for a
+    signal handler)."""
+    import export
+
+    decorators, model_config, triton = _pytriton()
+    artifact = export.load(directory)
+    shape = serving_shape(artifact.manifest, name, max_batch)
+
+    @decorators.batch
+    def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
+        return artifact.run(inputs)
+
+    _server_environment()
+    log_file = None if verbose else server_log(shape.name)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+    config = triton.TritonConfig(http_address=ports.address, http_port=ports.http, grpc_address=ports.address,
+                                 grpc_port=ports.grpc, metrics_address=ports.address, metrics_port=ports.metrics,
+                                 exit_timeout_secs=EXIT_TIMEOUT_S, allow_gpu_metrics=False, log_file=log_file,
+                                 log_verbose=1 if verbose else 0)
+    batcher = model_config.DynamicBatcher(max_queue_delay_microseconds=QUEUE_DELAY_US,
+                                          preferred_batch_size=list(shape.preferred))
+    try:
+        with triton.Triton(config=config) as server:
+            at_stop(server.stop)
+            server.bind(model_name=shape.name, infer_func=[infer] * instances,
+                        inputs=_tensors(model_config, artifact.manifest.inputs),
+                        outputs=_tensors(model_config, artifact.manifest.outputs),
+                        config=model_config.ModelConfig(max_batch_size=shape.max_batch, batcher=batcher),
+                        strict=True)
+            server.connect()
+            ready(shape, ports, log_file)
+            server.serve()  # returns only if the server or its model died (a signal exits through at_stop)
+        raise UserError("Triton Inference Server stopped unexpectedly" + (f" (its log: {log_file})" if log_file else ""))
+    except (TimeoutError, RuntimeError, OSError) as exc:  # PyTriton's start-up failures (a port taken, ...)
+        raise UserError(f"Triton Inference Server did not start: {exc}"
+                        + (f" (its log: {log_file})" if log_file else "")) from exc
+    finally:
+        artifact.close()

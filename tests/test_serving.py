@@ -1,0 +1,215 @@
+"""Serving (issue #12) against a real Triton Inference Server: ``triton`` writes repositories whose config.pbtxt
+parses with Triton's own schema, and ``serve`` (PyTriton) answers HTTP and gRPC like ``run``, under load, on bad
+requests, and after its server is killed. The serving environment (numpy < 2) is built once, like a user's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from export.cli import EXIT_OK, EXIT_USER_ERROR, main
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIENT = Path(__file__).with_name("triton_client.py")
+READY_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="session")
+def serve_python(tmp_path_factory) -> Path:
+    """The python of a fresh environment with the tool and its [onnxruntime,serve] extras, as the README says."""
+    venv = tmp_path_factory.mktemp("serve") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-c", str(ROOT / "constraints-serve.txt"),
+                              "-e", f"{ROOT}[onnxruntime,serve]"], capture_output=True, text=True, timeout=1800)
+    assert install.returncode == 0, install.stderr[-3000:]
+    return venv / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, ort_library) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("served")
+    for model in ("tiny-vit", "tiny-lm"):
+        assert main(["build-engine", "--model", model, "--out", str(root / model)]) == EXIT_OK
+    return {model: root / model for model in ("tiny-vit", "tiny-lm")}
+
+
+def _client(python: Path, mode: str, **args) -> dict:
+    result = subprocess.run([str(python), str(CLIENT), mode, json.dumps(args)], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@contextmanager
+def served(python: Path, artifact: Path, *flags: str) -> Iterator[dict]:
+    """``serve`` running on free loopback ports until the block ends (then stopped with SIGINT, and killed if it
+    does not stop); yields its ports, process and readiness line."""
+    http, grpc, metrics = _free_ports(3)
+    process = subprocess.Popen([str(python), "-m", "export", "serve", str(artifact), "--http-port", str(http),
+                                "--grpc-port", str(grpc), "--metrics-port", str(metrics), *flags],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline, line = time.monotonic() + READY_TIMEOUT_S, ""
+        os.set_blocking(process.stdout.fileno(), False)
+        while not line.startswith("serving") and time.monotonic() < deadline and process.poll() is None:
+            line = process.stdout.readline() or line
+            time.sleep(0.1)
+        assert line.startswith("serving"), f"not ready in {READY_TIMEOUT_S} s: {process.stderr.read() if process.poll() is not None else ''}"
+        yield {"urls": {"http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}", "metrics": f"127.0.0.1:{metrics}"}, "process": process, "line": line}
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _inputs(artifact: Path, batch: int, tmp_path: Path) -> tuple[Path, Path]:
+    """Random inputs of ``batch`` rows and ``run``'s outputs on them, as .npz files."""
+    import export
+    from fourierformer.configs import config_from_dict, example_arrays
+
+    loaded = export.load(artifact)
+    arrays = example_arrays(config_from_dict(loaded.manifest.config), batch=batch, seq=16, seed=3)
+    np.savez(tmp_path / "in.npz", **arrays)
+    assert main(["run", str(artifact), "--input", str(tmp_path / "in.npz"), "--output", str(tmp_path / "run.npz")]) == EXIT_OK
+    return tmp_path / "in.npz", tmp_path / "run.npz"
+
+
+@pytest.mark.parametrize("model", ["tiny-vit", "tiny-lm"])
+def test_serve_answers_http_and_grpc_like_run(serve_python, artifacts, tmp_path, model):
+    artifact = artifacts[model]
+    inputs, expected = _inputs(artifact, 3, tmp_path)
+    outputs = ["logits"] if model == "tiny-vit" else ["log_probs"]
+    with served(serve_python, artifact) as server:
+        assert f"serving {model} at http://{server['urls']['http']}" in server["line"]
+        found = _client(serve_python, "metadata", model=model, **server["urls"])
+        meta = found["metadata"]
+        assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == (
+            [("images", "FP32", [-1, 3, 32, 32])] if model == "tiny-vit" else [("tokens", "INT64", [-1, -1])])
+        assert [(t["name"], t["datatype"]) for t in meta["outputs"]] == [(outputs[0], "FP32")]
+        assert found["config"]["max_batch_size"] == 64 and "dynamic_batching" in found["config"]
+        _client(serve_python, "infer", model=model, input=str(inputs), out=str(tmp_path / "served"), outputs=outputs,
+                **server["urls"])
+    reference = np.load(expected)
+    for kind in ("http", "grpc"):
+        got = np.load(tmp_path / f"served-{kind}.npz")
+        for name in outputs:
+            assert got[name].shape == reference[name].shape
+            assert np.abs(got[name] - reference[name]).max() <= 1e-6, kind
+
+
+def test_serve_under_load_batches_and_loses_nothing(serve_python, artifacts, tmp_path):
+    inputs, expected = _inputs(artifacts["tiny-vit"], 16, tmp_path)
+    with served(serve_python, artifacts["tiny-vit"]) as server:
+        counts = _client(serve_python, "load", model="tiny-vit", input=str(inputs), expected=str(expected),
+                         clients=16, requests=50, **server["urls"])
+    assert counts["correct"] == 16 * 50 and counts["wrong"] == counts["failed"] == 0, counts
+    assert "statistics_error" not in counts, counts["statistics_error"]
+    assert counts["execution_count"] < counts["inference_count"] / 1.5, f"requests were not batched: {counts}"
+
+
+def test_bad_requests_get_errors_and_the_server_keeps_serving(serve_python, artifacts, tmp_path):
+    inputs, _ = _inputs(artifacts["tiny-lm"], 2, tmp_path)
+    requests = [
+        {"model": "no-such-model", "inputs": {"tokens": ["int64", [1, 4], 0]}},
+        {"inputs": {"words": ["int64", [1, 4], 0]}},
+        {"inputs": {"tokens": ["float32", [1, 4], 0]}},
+        {"inputs": {"tokens": ["int64", [1, 4, 2], 0]}},
+        {"inputs": {"tokens": ["int64", [65, 4], 0]}},
+        {"inputs": {"tokens": ["int64", [1, 4], 512]}},
+        {"inputs": {"tokens": ["int64", [1, 4], -1]}},
+        {"inputs": {"tokens": ["int64", [1, 65], 0]}},
+    ]
+    with served(serve_python, artifacts["tiny-lm"]) as server:
+        found = _client(serve_python, "bad", model="tiny-lm", requests=requests, input=str(inputs), **server["urls"])
+    answers = found["answers"]
+    assert "ACCEPTED" not in answers, answers
+    assert "outside 0..511 (the vocabulary)" in answers[5] and "outside 0..511" in answers[6], answers
+    assert "outside 1..64" in answers[7], answers
+    assert found["still_serving"]
+
+
+def test_a_killed_server_gives_errors_not_hangs_and_a_restart_serves(serve_python, artifacts, tmp_path):
+    inputs, expected = _inputs(artifacts["tiny-vit"], 8, tmp_path)
+    with served(serve_python, artifacts["tiny-vit"]) as server:
+        load = subprocess.Popen([str(serve_python), str(CLIENT), "load", json.dumps(
+            {"model": "tiny-vit", "input": str(inputs), "expected": str(expected), "clients": 4, "requests": 400,
+             **server["urls"]})], stdout=subprocess.PIPE, text=True)
+        time.sleep(3)
+        tritonserver = subprocess.run(["pgrep", "-P", str(server["process"].pid), "tritonserver"],
+                                      capture_output=True, text=True).stdout.split()
+        assert tritonserver, "no tritonserver child"
+        os.kill(int(tritonserver[0]), signal.SIGKILL)
+        counts = json.loads(load.communicate(timeout=300)[0])
+        assert counts["failed"] > 0 and counts["wrong"] == 0, counts
+        assert server["process"].wait(timeout=60) == EXIT_USER_ERROR
+        err = server["process"].stderr.read().strip().splitlines()
+        assert err[-1].startswith("error: Triton Inference Server stopped unexpectedly"), err[-3:]
+    with served(serve_python, artifacts["tiny-vit"]) as server:
+        _client(serve_python, "infer", model="tiny-vit", input=str(inputs), out=str(tmp_path / "again"),
+                outputs=["logits"], **server["urls"])
+
+
+def test_triton_repositories_parse_with_tritons_schema(serve_python, artifacts, tmp_path):
+    repository = tmp_path / "models"
+    for model, artifact in artifacts.items():
+        assert main(["triton", str(artifact), "--out", str(repository), "--max-batch", "8", "--instances", "2"]) == EXIT_OK
+    parsed = _client(serve_python, "config", paths=[str(repository / m / "config.pbtxt") for m in artifacts])
+    vit, lm = (parsed[str(repository / m / "config.pbtxt")] for m in ("tiny-vit", "tiny-lm"))
+    assert vit["platform"] == "onnxruntime_onnx" and vit["maxBatchSize"] == 8
+    assert vit["input"] == [{"name": "images", "dataType": "TYPE_FP32", "dims": ["3", "32", "32"]}]
+    assert lm["input"] == [{"name": "tokens", "dataType": "TYPE_INT64", "dims": ["-1"]}]
+    assert lm["output"] == [{"name": "log_probs", "dataType": "TYPE_FP32", "dims": ["-1", "512"]}]
+    assert vit["instanceGroup"] == [{"count": 2, "kind": "KIND_CPU"}]
+    assert vit["dynamicBatching"]["preferredBatchSize"] == [8]
+    assert vit["modelOperations"]["opLibraryFilename"] == [str(repository.absolute() / "tiny-vit" / "libfourierformer_ort.so")]
+    sums = (repository / "tiny-vit" / "SHA256SUMS").read_text()
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=repository / "tiny-vit").returncode == 0, sums
+
+
+def test_a_tensorrt_repository_config_parses_and_its_readme_says_how_to_load_the_plugin(serve_python, artifacts,
+                                                                                        tmp_path):
+    """No TensorRT here to build a plan: the repository form is checked on the artifact's manifest made a
+    TensorRT one (config.pbtxt and README)."""
+    from dataclasses import replace
+
+    from export.artifact import TensorRTInfo, load_manifest
+    from export.serving.repository import _readme, config_text, serving_shape
+
+    manifest = replace(load_manifest(artifacts["tiny-vit"]), backend="tensorrt", engine_file="model.plan",
+                       plugin_library="libfourierformer_trt.so",
+                       tensorrt=TensorRTInfo("tensorrt", "10.13.0", [90], {"batch": [1, 4, 16]}),
+                       dynamic_ranges={"batch": [1, 16]})
+    shape = serving_shape(manifest, None, None)
+    assert (shape.max_batch, shape.preferred) == (16, (4, 16))
+    (tmp_path / "config.pbtxt").write_text(config_text(manifest, shape, 1, "/models/tiny-vit/libfourierformer_trt.so"))
+    parsed = _client(serve_python, "config", paths=[str(tmp_path / "config.pbtxt")])[str(tmp_path / "config.pbtxt")]
+    assert parsed["platform"] == "tensorrt_plan" and parsed["instanceGroup"] == [{"count": 1, "kind": "KIND_GPU"}]
+    assert "modelOperations" not in parsed
+    readme = _readme(manifest, shape, PurePosixPath("/models/tiny-vit"))
+    assert "--backend-config=tensorrt,plugins=/models/tiny-vit/libfourierformer_trt.so" in readme
+    assert "LD_PRELOAD=/models/tiny-vit/libfourierformer_trt.so" in readme and "docker run --gpus all" in readme
