@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -25,13 +26,22 @@ CLIENT = Path(__file__).with_name("triton_client.py")
 READY_TIMEOUT_S = 120
 
 
+def _readme_serving() -> list[str]:
+    """The README's Serving section, as lines."""
+    text = (ROOT / "README.md").read_text()
+    return text[text.index("## Serving"):].split("\n## ")[0].splitlines()
+
+
 @pytest.fixture(scope="session")
 def serve_python(tmp_path_factory) -> Path:
-    """The python of a fresh environment with the tool and its [onnxruntime,serve] extras, as the README says."""
+    """The python of a fresh environment with the tool and its [onnxruntime,serve] extras, installed with the
+    README's command."""
     venv = tmp_path_factory.mktemp("serve") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-c", str(ROOT / "constraints-serve.txt"),
-                              "-e", f"{ROOT}[onnxruntime,serve]"], capture_output=True, text=True, timeout=1800)
+    line = next(line for line in _readme_serving() if "pip install" in line)
+    arguments = shlex.split(line.split("pip install", 1)[1])
+    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *arguments], capture_output=True,
+                             text=True, timeout=1800, cwd=ROOT)
     assert install.returncode == 0, install.stderr[-3000:]
     return venv / "bin" / "python"
 
@@ -213,3 +223,21 @@ def test_a_tensorrt_repository_config_parses_and_its_readme_says_how_to_load_the
     readme = _readme(manifest, shape, PurePosixPath("/models/tiny-vit"))
     assert "--backend-config=tensorrt,plugins=/models/tiny-vit/libfourierformer_trt.so" in readme
     assert "LD_PRELOAD=/models/tiny-vit/libfourierformer_trt.so" in readme and "docker run --gpus all" in readme
+
+
+def test_the_readme_client_snippet_and_the_serving_benchmark(serve_python, artifacts, tmp_path):
+    lines = _readme_serving()
+    start = next(i for i, line in enumerate(lines) if "tritonclient.http as httpclient" in line)
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("    "))
+    snippet = "\n".join(line[4:] for line in lines[start:end])
+    with served(serve_python, artifacts["tiny-vit"]) as server:
+        result = subprocess.run([str(serve_python), "-c", snippet.replace("127.0.0.1:8000", server["urls"]["http"])],
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "(4, 10)", result.stderr[-2000:]
+    bench = subprocess.run([str(serve_python), str(ROOT / "scripts" / "bench_serving.py"), str(artifacts["tiny-vit"]),
+                            "--requests", "16", "--clients", "4", "--warmup", "2", "--json"], capture_output=True,
+                           text=True, timeout=600)
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    report = json.loads(bench.stdout)
+    assert report["machine"]["model"] == "tiny-vit" and len(report["results"]) == 3
+    assert all(row["samples_per_second"] > 0 and row["p50_ms"] <= row["p99_ms"] for row in report["results"].values())

@@ -90,6 +90,7 @@ def serve(directory: Path, ports: Ports, name: str | None = None, max_batch: int
     log_file = None if verbose else server_log(shape.name)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
+        logging.getLogger("pytriton").setLevel(logging.ERROR)  # its notes on stopping ("exited with failure")
     config = triton.TritonConfig(http_address=ports.address, http_port=ports.http, grpc_address=ports.address,
                                  grpc_port=ports.grpc, metrics_address=ports.address, metrics_port=ports.metrics,
                                  exit_timeout_secs=EXIT_TIMEOUT_S, allow_gpu_metrics=False, log_file=log_file,
