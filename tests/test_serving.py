@@ -241,3 +241,19 @@ def test_the_readme_client_snippet_and_the_serving_benchmark(serve_python, artif
     report = json.loads(bench.stdout)
     assert report["machine"]["model"] == "tiny-vit" and len(report["results"]) == 3
     assert all(row["samples_per_second"] > 0 and row["p50_ms"] <= row["p99_ms"] for row in report["results"].values())
+
+
+def test_ctrl_c_stops_the_server_cleanly(serve_python, artifacts):
+    with served(serve_python, artifacts["tiny-vit"]) as server:
+        process = server["process"]
+        children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+        start = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+        assert time.monotonic() - start < 15, "stopping waited out Triton's exit timeout"
+        assert process.stderr.read().strip().splitlines()[-1:] == ["interrupted"]
+    for child in children:
+        assert not Path(f"/proc/{child}").exists(), f"the server's process {child} outlived it"
+    port = int(server["urls"]["http"].rsplit(":", 1)[1])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))  # the port is free again
