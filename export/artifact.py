@@ -149,7 +149,7 @@ def _signals_held() -> Iterator[None]:
     finally:
         held, HELD_SIGNALS = HELD_SIGNALS, None
         for signum in dict.fromkeys(held):
-            signal.raise_signal(signum)
+            os.kill(os.getpid(), signum)  # to the process: its main thread handles it
 
 
 _RENAME_EXCHANGE = 2

@@ -619,6 +619,9 @@ def _in_worker(function: Callable[[], int]) -> int:
     outcome: dict[str, object] = {}
 
     def work() -> None:
+        # blocked here and in every thread started from here (ONNX Runtime's, torch's), so that the kernel
+        # delivers SIGINT and SIGTERM to the main thread, the one that can handle them at once
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             outcome["code"] = function()
         except BaseException as exc:  # handed to the main thread
