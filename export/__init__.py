@@ -48,7 +48,11 @@ def build(model: str | None = None, *, checkpoint: str | Path | None = None, out
           ema: bool = False, seed: int = 0) -> Path:
     """Build an artifact as ``build-engine`` does (same options, same defaults); returns its directory."""
     from export.builder import build_engine
-    from export.options import BuildOptions
+    from export.errors import UserError
+    from export.options import MAX_SEED, BuildOptions
+
+    if type(seed) is not int or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
 
     options = BuildOptions(model, Path(out) if out is not None else None, backend, precision, attention,
                            Path(checkpoint) if checkpoint is not None else None, seed, shapes=shapes,

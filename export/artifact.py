@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import tempfile
 import types
 import typing
@@ -21,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from export.errors import UserError
-from export.options import ATTENTIONS, BACKENDS, MAX_SEED, PRECISIONS
+from export.options import ATTENTIONS, BACKENDS, MAX_BATCH, MAX_SEED, PRECISIONS
 from fourierformer.configs import LMConfig, ModelConfig, config_from_dict, io_shapes
 
 log = logging.getLogger(__name__)
@@ -330,8 +329,8 @@ def _check_values(manifest: Manifest) -> None:
         if getattr(manifest, name) not in allowed:
             raise ValueError(f"field {name} is {getattr(manifest, name)!r}; expected one of {', '.join(allowed)}")
     for dim, bounds in manifest.dynamic_ranges.items():
-        if len(bounds) != 2 or not 1 <= bounds[0] <= bounds[1]:
-            raise ValueError(f"field dynamic_ranges.{dim} must be [min, max] with 1 <= min <= max")
+        if len(bounds) != 2 or not 1 <= bounds[0] <= bounds[1] <= MAX_BATCH:
+            raise ValueError(f"field dynamic_ranges.{dim} must be [min, max] with 1 <= min <= max <= {MAX_BATCH}")
     _check_weights(manifest.weights)
     for kind in ("inputs", "outputs"):
         names = [tensor.name for tensor in getattr(manifest, kind)]

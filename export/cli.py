@@ -243,6 +243,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         artifact.close()
     if args.output:
+        if args.output.exists() and not args.output.is_file() or args.output.is_symlink():
+            raise UserError(f"refusing to write the outputs {args.output}: it exists and is not a regular file")
         args.output = args.output if args.output.suffix == ".npz" else args.output.with_name(args.output.name + ".npz")
         buffer = io.BytesIO()
         np.savez(buffer, **outputs)
@@ -599,6 +601,9 @@ def _stop(signum: int, frame) -> None:
     remove_in_progress()
     for stop in AT_STOP:
         stop()
+    if os.getpgrp() == os.getpid():  # our own process group (a shell job): stop what we started (a compiler)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.killpg(0, signal.SIGTERM)
     os.write(sys.stderr.fileno(), b"interrupted\n" if signum == signal.SIGINT else b"terminated\n")
     os._exit(128 + signum)
 
@@ -619,9 +624,6 @@ def _in_worker(function: Callable[[], int]) -> int:
     outcome: dict[str, object] = {}
 
     def work() -> None:
-        # blocked here and in every thread started from here (ONNX Runtime's, torch's), so that the kernel
-        # delivers SIGINT and SIGTERM to the main thread, the one that can handle them at once
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             outcome["code"] = function()
         except BaseException as exc:  # handed to the main thread
@@ -680,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return _fail(args, f"{args.command} needs the Python package {exc.name}, which is not installed: "
                            f"pip install 'fourierformer-deploy[{extra}]'")
+    except MemoryError:
+        return _fail(args, f"{args.command} ran out of memory (a size too large for this machine)")
     except BrokenPipeError:  # stdout closed early (e.g. piped into head): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
@@ -692,7 +696,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def console() -> None:
     """The program (``python -m export``, ``fourierformer-deploy``): main() with _stop installed for the whole
-    process, so that a signal after the command (while torch's exit handlers run) still exits 130 or 143."""
+    process, so that a signal after the command still exits 130 or 143; it exits as soon as the command is done."""
     _install_stop()
-    sys.exit(main())
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # the work is done and written: skip the second or more of torch's teardown, where a signal
+                    # would find Python's default handlers back
 

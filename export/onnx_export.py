@@ -13,14 +13,13 @@ import torch
 from torch import nn
 
 from export.errors import UserError
-from export.options import OPSET
+from export.options import MAX_BATCH, OPSET
 from fourierformer import opspec
 from fourierformer.configs import LMConfig, ModelConfig
 from fourierformer.models import example_inputs, output_names
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 4096
 
 
 def input_names(config: ModelConfig) -> list[str]:

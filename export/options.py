@@ -20,6 +20,8 @@ TOLERANCES = {"fp32": (1e-4, 1e-4, 1e-4), "fp16": (5e-2, 5e-2, 5e-3)}
 """validate's default atol, rtol and normwise bound by precision."""
 MAX_SEED = 2**32 - 1
 """The largest seed (numpy's and torch's generators take 32 bits)."""
+MAX_BATCH = 4096
+"""The largest batch an exported model accepts, and the largest dynamic range a manifest may give."""
 BUILT_DIR = Path("engines/built")
 """Where build-engine puts an artifact without --out (relative to the working folder):
 BUILT_DIR/MODEL[-ema]-BACKEND-PRECISION."""

@@ -11,6 +11,8 @@ from export.paths import recipes_dir
 
 STRINGS = ("model", "backend", "precision", "attention")
 KEYS = {*STRINGS, "shapes", "compute_capabilities"}
+MAX_RECIPE_BYTES = 16 << 10
+"""The largest recipe file read (the shipped ones are a few hundred bytes)."""
 
 
 def recipe_names() -> list[str]:
@@ -46,6 +48,8 @@ def load_recipe(name: str) -> dict:
     path = Path(name) if name.endswith(".toml") else recipes_dir() / f"{name}.toml"
     if not path.is_file():
         raise UserError(f"unknown recipe {name!r}; shipped recipes: {', '.join(recipe_names())}")
+    if path.stat().st_size > MAX_RECIPE_BYTES:  # tomllib's time and memory grow fast with nesting
+        raise UserError(f"recipe {path} is not a recipe: larger than {MAX_RECIPE_BYTES >> 10} KiB")
     try:
         recipe = tomllib.loads(path.read_text())
         _check(recipe)

@@ -399,6 +399,8 @@ def read_checkpoint(path: Path, ema: bool = False) -> Checkpoint:
 
     The file is read once: the tensors and the recorded sha256 come from the same bytes.
     """
+    if path.exists() and not path.is_file():  # a FIFO would block, a device would never end
+        raise CheckpointError(f"checkpoint {path} is not a regular file")
     try:
         data = path.read_bytes()
     except FileNotFoundError:

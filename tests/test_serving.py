@@ -121,7 +121,9 @@ def test_serve_answers_http_and_grpc_like_run(serve_python, artifacts, tmp_path,
         assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == (
             [("images", "FP32", [-1, 3, 32, 32])] if model == "tiny-vit" else [("tokens", "INT64", [-1, -1])])
         assert [(t["name"], t["datatype"]) for t in meta["outputs"]] == [(outputs[0], "FP32")]
-        assert found["config"]["max_batch_size"] == 64 and "dynamic_batching" in found["config"]
+        assert found["config"]["max_batch_size"] == 64
+        # batched only where Triton checks every input itself (see test_a_bad_request_fails_only_itself)
+        assert ("dynamic_batching" in found["config"]) == (model == "tiny-vit")
         _client(serve_python, "infer", model=model, input=str(inputs), out=str(tmp_path / "served"), outputs=outputs,
                 **server["urls"])
     reference = np.load(expected)
@@ -173,12 +175,15 @@ def test_a_killed_server_gives_errors_not_hangs_and_a_restart_serves(serve_pytho
         tritonserver = subprocess.run(["pgrep", "-P", str(server["process"].pid), "tritonserver"],
                                       capture_output=True, text=True).stdout.split()
         assert tritonserver, "no tritonserver child"
+        stubs = subprocess.run(["pgrep", "-P", tritonserver[0]], capture_output=True, text=True).stdout.split()
         os.kill(int(tritonserver[0]), signal.SIGKILL)
         counts = json.loads(load.communicate(timeout=300)[0])
         assert counts["failed"] > 0 and counts["wrong"] == 0, counts
         assert server["process"].wait(timeout=60) == EXIT_USER_ERROR
         err = server["process"].stderr.read().strip().splitlines()
         assert err[-1].startswith("error: Triton Inference Server stopped unexpectedly"), err[-3:]
+        for stub in stubs:  # a killed tritonserver leaves its Python backend stubs behind
+            subprocess.run(["kill", "-9", stub], capture_output=True)
     with served(serve_python, artifacts["tiny-vit"]) as server:
         _client(serve_python, "infer", model="tiny-vit", input=str(inputs), out=str(tmp_path / "again"),
                 outputs=["logits"], **server["urls"])
@@ -208,7 +213,7 @@ def test_a_tensorrt_repository_config_parses_and_its_readme_says_how_to_load_the
     from dataclasses import replace
 
     from export.artifact import TensorRTInfo, load_manifest
-    from export.serving.repository import _readme, config_text, serving_shape
+    from export.serving.repository import config_text, readme_text, serving_shape
 
     manifest = replace(load_manifest(artifacts["tiny-vit"]), backend="tensorrt", engine_file="model.plan",
                        plugin_library="libfourierformer_trt.so",
@@ -220,9 +225,10 @@ def test_a_tensorrt_repository_config_parses_and_its_readme_says_how_to_load_the
     parsed = _client(serve_python, "config", paths=[str(tmp_path / "config.pbtxt")])[str(tmp_path / "config.pbtxt")]
     assert parsed["platform"] == "tensorrt_plan" and parsed["instanceGroup"] == [{"count": 1, "kind": "KIND_GPU"}]
     assert "modelOperations" not in parsed
-    readme = _readme(manifest, shape, PurePosixPath("/models/tiny-vit"))
+    readme = readme_text(manifest, shape, 1, PurePosixPath("/models/tiny-vit"), tmp_path)
     assert "--backend-config=tensorrt,plugins=/models/tiny-vit/libfourierformer_trt.so" in readme
     assert "LD_PRELOAD=/models/tiny-vit/libfourierformer_trt.so" in readme and "docker run --gpus all" in readme
+    assert f"-v {tmp_path}:/models" in readme
 
 
 def test_the_readme_client_snippet_and_the_serving_benchmark(serve_python, artifacts, tmp_path):
@@ -257,3 +263,32 @@ def test_ctrl_c_stops_the_server_cleanly(serve_python, artifacts):
     port = int(server["urls"]["http"].rsplit(":", 1)[1])
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", port))  # the port is free again
+
+
+def test_a_bad_request_fails_only_itself(serve_python, artifacts, tmp_path):
+    """A bad token id among other clients' good requests: only the bad requests fail."""
+    inputs, _ = _inputs(artifacts["tiny-lm"], 2, tmp_path)
+    with served(serve_python, artifacts["tiny-lm"]) as server:
+        counts = _client(serve_python, "mixed", model="tiny-lm", input=str(inputs), clients=4, requests=15,
+                         bad={"tokens": ["int64", [1, 16], 512]}, **server["urls"])
+    assert counts["good_failed"] == 0 and counts["good_ok"] == 3 * 15, counts
+    assert counts["bad_refused"] == 15 and counts["bad_accepted"] == 0, counts
+
+
+def test_ports_in_use_or_equal_are_one_line(serve_python, artifacts):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        http, grpc, metrics = _free_ports(3)
+        for flags, message in (
+                (["--http-port", str(port), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+                 f"error: --http-port {port}: cannot listen on 127.0.0.1:{port}"),
+                (["--http-port", str(http), "--grpc-port", str(http), "--metrics-port", str(metrics)],
+                 "error: --http-port, --grpc-port and --metrics-port must differ")):
+            start = time.monotonic()
+            result = subprocess.run([str(serve_python), "-m", "export", "serve", str(artifacts["tiny-vit"]), *flags],
+                                    capture_output=True, text=True, timeout=60, cwd=ROOT)
+            assert result.returncode == EXIT_USER_ERROR and time.monotonic() - start < 30, result.stderr[-2000:]
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(message), lines

@@ -164,6 +164,7 @@ def test_a_listed_file_that_is_missing_is_refused(built, tmp_path, capsys):
     (lambda m: m["inputs"][0].update(shape=["batch", 3, None, 32]), "field inputs[0].shape[2] must be int | str"),
     (lambda m: m["inputs"][0].update(shape=["rows", 3, 32, 32]), "has 'rows': neither a size"),
     (lambda m: m["dynamic_ranges"].update(batch=[4, 1]), "field dynamic_ranges.batch must be [min, max]"),
+    (lambda m: m["dynamic_ranges"].update(batch=[1, 10**12]), "with 1 <= min <= max <= 4096"),
     (lambda m: m.update(files={"model.onnx": 5}), "field files.model.onnx must be str, not 5"),
     (lambda m: m.update(format_version="1"), "field format_version must be int"),
     (lambda m: m.update(surprise=1), "unknown field surprise"),

@@ -114,6 +114,39 @@ def bad(args: dict) -> dict:
     return {"answers": answers, "still_serving": True}
 
 
+def mixed(args: dict) -> dict:
+    """args["clients"] clients at once, each sending args["requests"] requests; client 0's requests are bad
+    (args["bad"]: {name: [dtype, shape, fill]}), the others' good (rows of args["input"]). Counts of good
+    requests answered, good requests failed, and bad requests refused or accepted."""
+    good = dict(np.load(args["input"]))
+    bad_arrays = {name: np.full(shape, fill, dtype) for name, (dtype, shape, fill) in args["bad"].items()}
+    counts = {"good_ok": 0, "good_failed": 0, "bad_refused": 0, "bad_accepted": 0, "errors": []}
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        connection = _http(args)
+        for _ in range(args["requests"]):
+            arrays = bad_arrays if index == 0 else good
+            try:
+                connection.infer(args["model"], _inputs(httpclient, arrays))
+                kind = "bad_accepted" if index == 0 else "good_ok"
+            except InferenceServerException as exc:
+                kind = "bad_refused" if index == 0 else "good_failed"
+                if index:
+                    with lock:
+                        counts["errors"].append(exc.message()[-200:])
+            with lock:
+                counts[kind] += 1
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(args["clients"])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    counts["errors"] = counts["errors"][:3]
+    return counts
+
+
 def config(args: dict) -> dict:
     """Each config.pbtxt parsed with Triton's schema (ModelConfig, protobuf text format), as a dict."""
     from google.protobuf import json_format, text_format

@@ -84,35 +84,40 @@ def config_text(manifest: Manifest, shape: ServingShape, instances: int, library
     return text
 
 
-def _readme(manifest: Manifest, shape: ServingShape, server_path: PurePosixPath) -> str:
-    """How to start a server on the repository, for the artifact's backend."""
+def readme_text(manifest: Manifest, shape: ServingShape, instances: int, server_path: PurePosixPath,
+                host_repository: Path) -> str:
+    """The model folder's README: how to start a server on the repository, for the artifact's backend.
+    ``server_path`` is where the server sees the model folder, ``host_repository`` where the repository is here."""
     repo, model = server_path.parent, server_path
+    docker = (f"    docker run{' --gpus all' if manifest.backend == 'tensorrt' else ''} --rm -p8000:8000 -p8001:8001 "
+              f"-p8002:8002 -v {host_repository}:{repo} \\\n        nvcr.io/nvidia/tritonserver:<yy.mm>-py3 "
+              f"tritonserver --model-repository={repo}")
     if manifest.backend == "onnxruntime":
         start = (f"Triton's onnxruntime backend runs `1/model.onnx` on the CPU and loads our custom op from\n"
-                 f"`{model}/{manifest.plugin_library}` (`model_operations` in `config.pbtxt`): the repository must\n"
-                 f"be at `{repo}` where the server runs (`triton --server-path` writes another place).\n\n"
+                 f"`{model}/{manifest.plugin_library}` (`model_operations` in `config.pbtxt`): the server must see\n"
+                 f"the repository at `{repo}` (`triton --server-path` writes another place).\n\n"
                  f"    tritonserver --model-repository={repo}\n\n"
-                 "In the NGC container (`nvcr.io/nvidia/tritonserver:<yy.mm>-py3`):\n\n"
-                 f"    docker run --rm -p8000:8000 -p8001:8001 -p8002:8002 -v REPO:{repo} \\\n"
-                 f"        nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository={repo}\n\n"
-                 "The op library needs the ONNX Runtime C API version it was built against or newer.\n")
+                 f"In the NGC container (`nvcr.io/nvidia/tritonserver:<yy.mm>-py3`):\n\n{docker}\n\n"
+                 "The op library was built against ONNX Runtime 1.21's C API: the server's ONNX Runtime must be\n"
+                 "1.21 or newer.\n")
     else:
         plugin = f"{model}/{manifest.plugin_library}" if manifest.plugin_library else None
-        load = (f"and our plugin, loaded through the tensorrt backend's `plugins` setting:\n\n"
-                f"    tritonserver --model-repository={repo} --backend-config=tensorrt,plugins={plugin}\n\n"
-                f"(or start the server with `LD_PRELOAD={plugin}`).\n" if plugin else
-                f"(no plugin: attention is decomposed into standard layers):\n\n"
-                f"    tritonserver --model-repository={repo}\n")
+        flag = f" --backend-config=tensorrt,plugins={plugin}" if plugin else ""
         start = (f"Triton's tensorrt backend runs `1/model.plan`, built with {manifest.tensorrt.flavour} "
-                 f"{manifest.tensorrt.version}, {load}\n"
+                 f"{manifest.tensorrt.version}"
+                 + (f", and our plugin, loaded through the tensorrt backend's `plugins` setting (or start the "
+                    f"server with `LD_PRELOAD={plugin}`):" if plugin else " (attention decomposed, no plugin):")
+                 + f"\n\n    tritonserver --model-repository={repo}{flag}\n\n"
                  "In the NGC container whose TensorRT is that release (an engine runs only under the TensorRT it "
-                 "was built with):\n\n"
-                 f"    docker run --gpus all --rm -p8000:8000 -p8001:8001 -p8002:8002 -v REPO:{repo} \\\n"
-                 f"        nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository={repo}"
-                 + (f" \\\n        --backend-config=tensorrt,plugins={plugin}\n" if plugin else "\n"))
-    return (f"# {shape.name}: {manifest.model}, {manifest.backend}, {manifest.precision}\n\n{start}\n"
-            f"Batches of up to {shape.max_batch}, dynamic batching (preferred {list(shape.preferred)}). "
-            "`sha256sum -c SHA256SUMS` checks the files.\n")
+                 f"was built with):\n\n{docker}{flag}\n")
+    unchecked = ("\nTriton's backend does not check token ids or sequence lengths: a negative id wraps around in\n"
+                 "ONNX's `Gather`, and a sequence past the model's context fails inside it. Check them in the client\n"
+                 "(or serve with `python -m export serve`, which does).\n"
+                 if any(t.values is not None for t in manifest.inputs) else "")
+    title = shape.name if shape.name == manifest.model else f"{shape.name} ({manifest.model})"
+    return (f"# {title}: {manifest.backend}, {manifest.precision}\n\n{start}{unchecked}\n"
+            f"Batches of up to {shape.max_batch}, dynamic batching (preferred {list(shape.preferred)}), {instances} "
+            "instance(s). `sha256sum -c SHA256SUMS` checks the files.\n")
 
 
 def write_repository(artifact: Path, repository: Path, name: str | None = None, max_batch: int | None = None,
@@ -139,7 +144,8 @@ def write_repository(artifact: Path, repository: Path, name: str | None = None, 
             (staging / target).parent.mkdir(exist_ok=True)
             (staging / target).write_bytes(read_verified(artifact, manifest, source))
         (staging / "config.pbtxt").write_text(config_text(manifest, shape, instances, library))
-        (staging / "README.md").write_text(_readme(manifest, shape, server_path))
+        (staging / "README.md").write_text(readme_text(manifest, shape, instances, server_path,
+                                                       repository.absolute()))
         sums = "".join(f"{hashlib.sha256((staging / f).read_bytes()).hexdigest()}  {f}\n"
                        for f in sorted(("config.pbtxt", "README.md", *copies)))
         (staging / "SHA256SUMS").write_text(sums)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,29 @@ def server_log(name: str) -> Path:
     return cache_dir() / "triton-logs" / f"{name}.log"
 
 
+def batchable(manifest) -> bool:
+    """Whether requests may be batched together: only if Triton itself can refuse every bad one (all inputs of
+    fixed size past the batch axis, no value bounds). PyTriton answers a batched call with one error for all its
+    requests, so one client's bad request would fail the others'."""
+    return all(t.values is None and all(isinstance(d, int) for d in t.shape[1:]) for t in manifest.inputs)
+
+
+def check_ports(ports: Ports) -> None:
+    """UserError unless the three ports differ and are free on the address (before the server is started:
+    Triton would print its usage, or PyTriton wait two minutes)."""
+    numbers = {"--http-port": ports.http, "--grpc-port": ports.grpc, "--metrics-port": ports.metrics}
+    if len(set(numbers.values())) != 3:
+        raise UserError(f"--http-port, --grpc-port and --metrics-port must differ, got {list(numbers.values())}")
+    for flag, port in numbers.items():
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((ports.address, port))
+            except OSError as exc:
+                raise UserError(f"{flag} {port}: cannot listen on {ports.address}:{port} ({exc.strerror}); choose "
+                                "another port") from exc
+
+
 def serve(directory: Path, ports: Ports, name: str | None = None, max_batch: int | None = None,
           instances: int = 1, ready: Callable[[ServingShape, Ports, Path | None], None] = lambda *_: None,
           at_stop: Callable[[Callable[[], object]], None] = lambda stop: None, verbose: bool = False) -> None:
@@ -79,6 +103,10 @@ def serve(directory: Path, ports: Ports, name: str | None = None, max_batch: int
     import export
 
     decorators, model_config, triton = _pytriton()
+    from pytriton.exceptions import PyTritonError
+    from tritonclient.utils import InferenceServerException
+
+    check_ports(ports)
     artifact = export.load(directory)
     shape = serving_shape(artifact.manifest, name, max_batch)
 
@@ -97,19 +125,22 @@ def serve(directory: Path, ports: Ports, name: str | None = None, max_batch: int
                                  log_verbose=1 if verbose else 0)
     batcher = model_config.DynamicBatcher(max_queue_delay_microseconds=QUEUE_DELAY_US,
                                           preferred_batch_size=list(shape.preferred))
+    if not batchable(artifact.manifest):
+        log.info("serving %s without dynamic batching: its inputs can be wrong in ways Triton cannot see", shape.name)
     try:
         with triton.Triton(config=config) as server:
             at_stop(server.stop)
             server.bind(model_name=shape.name, infer_func=[infer] * instances,
                         inputs=_tensors(model_config, artifact.manifest.inputs),
                         outputs=_tensors(model_config, artifact.manifest.outputs),
-                        config=model_config.ModelConfig(max_batch_size=shape.max_batch, batcher=batcher),
+                        config=model_config.ModelConfig(max_batch_size=shape.max_batch,
+                                                        batching=True, batcher=batcher if batchable(artifact.manifest) else None),
                         strict=True)
             server.connect()
             ready(shape, ports, log_file)
             server.serve()  # returns only if the server or its model died (a signal exits through at_stop)
         raise UserError("Triton Inference Server stopped unexpectedly" + (f" (its log: {log_file})" if log_file else ""))
-    except (TimeoutError, RuntimeError, OSError) as exc:  # PyTriton's start-up failures (a port taken, ...)
+    except (TimeoutError, RuntimeError, OSError, PyTritonError, InferenceServerException) as exc:  # start-up failures
         raise UserError(f"Triton Inference Server did not start: {exc}"
                         + (f" (its log: {log_file})" if log_file else "")) from exc
     finally:
