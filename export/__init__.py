@@ -27,6 +27,19 @@ def _untrusted_folder_off_path() -> None:
 
 _untrusted_folder_off_path()
 
+import signal  # noqa: E402  (after the check above)
+
+
+def _stopped_while_starting(signum: int, frame) -> None:
+    """SIGINT/SIGTERM before the program's own handler is in place (while it imports): nothing is written yet."""
+    os.write(2, b"interrupted\n" if signum == signal.SIGINT else b"terminated\n")
+    os._exit(128 + signum)
+
+
+if sys.argv[:1] == ["-m"] or os.path.basename(sys.argv[0]) == "fourierformer-deploy":  # run as the program
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, _stopped_while_starting)
+
 from pathlib import Path  # noqa: E402  (after the check above)
 
 from export.tensorrt_backend import configure_polygraphy  # noqa: E402

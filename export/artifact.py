@@ -112,6 +112,8 @@ def check_replaceable(out: Path) -> None:
         raise UserError(f"refusing to overwrite {out}: it is not exactly an artifact ({exc})") from None
 
 
+NAME_KEPT = 64
+"""How much of a name its temporary sibling keeps (a name near the 255-byte limit must stay writable)."""
 IN_PROGRESS: set[Path] = set()
 """Files and folders being written: a signal handler removes them (see :func:`remove_in_progress`)."""
 
@@ -179,7 +181,7 @@ def _replace_directory(new: Path, out: Path) -> Path | None:
         return None
     if _exchange(new, out):
         return new
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    old = out.parent / f".{out.name[:NAME_KEPT]}.old-{os.getpid()}"
     out.rename(old)
     new.rename(out)
     return old
@@ -215,7 +217,7 @@ def staging_directory(out: Path) -> Iterator[Path]:
     check_replaceable(out)
     _creating(out, "the artifact")
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name[:NAME_KEPT]}.partial-", dir=out.parent))
     except OSError as exc:
         raise UserError(f"cannot create the artifact {out}: {exc.strerror or exc}") from exc
     IN_PROGRESS.add(staging)
@@ -243,7 +245,7 @@ def write_atomically(path: Path, data: bytes, what: str) -> None:
         raise UserError(f"refusing to write {what} {path}: it exists and is not a regular file")
     check_creatable(path, what)
     _creating(path, what)
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    temporary = path.with_name(f".{path.name[:NAME_KEPT]}.partial-{os.getpid()}")
     IN_PROGRESS.add(temporary)
     try:
         temporary.write_bytes(data)

@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,17 +25,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import np_to_triton_dtype
 
 import export
+from export.serving.server import free_ports
 from fourierformer.configs import config_from_dict, example_arrays
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
 
 def _request(arrays: dict[str, np.ndarray]) -> list:
     inputs = []
@@ -117,7 +107,7 @@ def main() -> int:
     args = parser.parse_args()
     manifest = export.load(args.artifact).manifest
     one = example_arrays(config_from_dict(manifest.config), batch=1, seed=0)
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_ports(3)
     server = subprocess.Popen([sys.executable, "-m", "export", "serve", str(args.artifact), "--http-port", str(http),
                                "--grpc-port", str(grpc), "--metrics-port", str(metrics), "-q"],
                               stdout=subprocess.PIPE, text=True)

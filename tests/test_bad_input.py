@@ -354,3 +354,10 @@ def test_the_python_api_checks_the_seed(tmp_path):
     for seed in (-1, 2**80):
         with pytest.raises(UserError, match="seed must be an integer in 0..4294967295"):
             export.build("tiny-vit", out=tmp_path / "a", seed=seed)
+
+
+def test_a_name_near_the_length_limit_is_written(artifacts, tmp_path):
+    """The temporary sibling of a 250-byte name must not pass the 255-byte limit."""
+    long = "f" * 246 + ".npz"
+    assert main(["run", str(artifacts["tiny-vit"]), "--output", str(tmp_path / long)]) == EXIT_OK
+    assert [p.name for p in tmp_path.iterdir()] == [long]

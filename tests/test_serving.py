@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from export.cli import EXIT_OK, EXIT_USER_ERROR, main
+from export.serving.server import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT = Path(__file__).with_name("triton_client.py")
@@ -61,21 +62,11 @@ def _client(python: Path, mode: str, **args) -> dict:
     return json.loads(result.stdout)
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @contextmanager
 def served(python: Path, artifact: Path, *flags: str) -> Iterator[dict]:
     """``serve`` running on free loopback ports until the block ends (then stopped with SIGINT, and killed if it
     does not stop); yields its ports, process and readiness line."""
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_ports(3)
     process = subprocess.Popen([str(python), "-m", "export", "serve", str(artifact), "--http-port", str(http),
                                 "--grpc-port", str(grpc), "--metrics-port", str(metrics), *flags],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -280,7 +271,7 @@ def test_ports_in_use_or_equal_are_one_line(serve_python, artifacts):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        http, grpc, metrics = _free_ports(3)
+        http, grpc, metrics = free_ports(3)
         for flags, message in (
                 (["--http-port", str(port), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
                  f"error: --http-port {port}: cannot listen on 127.0.0.1:{port}"),

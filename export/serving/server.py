@@ -78,6 +78,17 @@ def batchable(manifest) -> bool:
     return all(t.values is None and all(isinstance(d, int) for d in t.shape[1:]) for t in manifest.inputs)
 
 
+def free_ports(count: int, address: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports free on ``address`` now (the system's choice), for servers started next."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind((address, 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
 def check_ports(ports: Ports) -> None:
     """UserError unless the three ports differ and are free on the address (before the server is started:
     Triton would print its usage, or PyTriton wait two minutes)."""
