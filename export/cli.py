@@ -309,6 +309,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     args.device = args.device or "cpu"
     repeats, warmup = args.repeats if args.repeats is not None else 5, args.warmup if args.warmup is not None else 1
     check_device(args.device)
+    if args.out:
+        from export.artifact import check_creatable
+
+        check_creatable(args.out / "bench.json", "the report")  # before the timing, not after it
     print(", ".join(f"{k} {v}" for k, v in machine(args.device).items()))
     if args.models:
         table = models_markdown([bench_model(case, device=args.device) for case in MODEL_CASES])
@@ -588,6 +592,7 @@ def _configure_logging(verbose: bool, quiet: bool = False) -> None:
     if not verbose:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch(\.|$)")
 
 
 def _stop(signum: int, frame) -> None:

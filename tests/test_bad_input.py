@@ -361,3 +361,11 @@ def test_a_name_near_the_length_limit_is_written(artifacts, tmp_path):
     long = "f" * 246 + ".npz"
     assert main(["run", str(artifacts["tiny-vit"]), "--output", str(tmp_path / long)]) == EXIT_OK
     assert [p.name for p in tmp_path.iterdir()] == [long]
+
+
+def test_a_bench_report_under_a_file_is_refused_before_timing(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    start = time.perf_counter()
+    one_line_error(capsys, "bench", "--sizes", "1,1,64,8", "--out", tmp_path / "file" / "report",
+                   message="is a file, not a folder")
+    assert time.perf_counter() - start < 10
