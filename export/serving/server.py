@@ -2,7 +2,8 @@
 
 PyTriton (``nvidia-pytriton``) starts the ``tritonserver`` its wheel ships and binds the model to a Python
 inference function, which runs the artifact through :func:`export.load` (inputs checked, token ids included).
-Triton batches requests dynamically, answers HTTP and gRPC and publishes metrics. The serving dependencies are the
+Triton batches requests dynamically (unless a request can be wrong in ways only the tool sees: see
+:func:`batchable`), answers HTTP and gRPC and publishes metrics. The serving dependencies are the
 ``[serve]`` extra; PyTriton needs numpy < 2, so they live in an environment of their own (see the README).
 """
 
@@ -134,9 +135,11 @@ def serve(directory: Path, ports: Ports, name: str | None = None, max_batch: int
                                  grpc_port=ports.grpc, metrics_address=ports.address, metrics_port=ports.metrics,
                                  exit_timeout_secs=EXIT_TIMEOUT_S, allow_gpu_metrics=False, log_file=log_file,
                                  log_verbose=1 if verbose else 0)
-    batcher = model_config.DynamicBatcher(max_queue_delay_microseconds=QUEUE_DELAY_US,
-                                          preferred_batch_size=list(shape.preferred))
-    if not batchable(artifact.manifest):
+    batcher = None
+    if batchable(artifact.manifest):
+        batcher = model_config.DynamicBatcher(max_queue_delay_microseconds=QUEUE_DELAY_US,
+                                              preferred_batch_size=list(shape.preferred))
+    else:
         log.info("serving %s without dynamic batching: its inputs can be wrong in ways Triton cannot see", shape.name)
     try:
         with triton.Triton(config=config) as server:
@@ -144,8 +147,7 @@ def serve(directory: Path, ports: Ports, name: str | None = None, max_batch: int
             server.bind(model_name=shape.name, infer_func=[infer] * instances,
                         inputs=_tensors(model_config, artifact.manifest.inputs),
                         outputs=_tensors(model_config, artifact.manifest.outputs),
-                        config=model_config.ModelConfig(max_batch_size=shape.max_batch,
-                                                        batching=True, batcher=batcher if batchable(artifact.manifest) else None),
+                        config=model_config.ModelConfig(max_batch_size=shape.max_batch, batcher=batcher),
                         strict=True)
             server.connect()
             ready(shape, ports, log_file)
