@@ -16,12 +16,16 @@ import os
 import sys
 
 
+RUN_WITH_M = sys.argv[:1] == ["-m"]
+"""Whether this import is ``python -m export`` starting (Python sets argv[0] to "-m" while it finds the module)."""
+
+
 def _untrusted_folder_off_path() -> None:
     """``python -m export`` puts the working folder first on sys.path, where a planted ``numpy.py`` (in an
     artifact or download folder) would be imported instead of the real one. Drop it, unless it is the checkout
     that holds this package. Runs before any other import; ``python -P`` and the console script never add it."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if sys.argv[:1] == ["-m"] and sys.path[:1] == [os.getcwd()] and os.getcwd() != here:
+    if RUN_WITH_M and sys.path[:1] == [os.getcwd()] and os.getcwd() != here:
         del sys.path[0]
 
 
@@ -36,7 +40,7 @@ def _stopped_while_starting(signum: int, frame) -> None:
     os._exit(128 + signum)
 
 
-if sys.argv[:1] == ["-m"] or os.path.basename(sys.argv[0]) == "fourierformer-deploy":  # run as the program
+if RUN_WITH_M or os.path.basename(sys.argv[0]) == "fourierformer-deploy":  # run as the program
     for _signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(_signum, _stopped_while_starting)
 

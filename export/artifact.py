@@ -128,7 +128,7 @@ def remove_in_progress() -> None:
 
 
 HELD_SIGNALS: list[int] | None = None
-"""While a swap of folders is under way, the SIGINT/SIGTERM that arrived (see :func:`signals_held`)."""
+"""While a swap of folders is under way, the SIGINT/SIGTERM that arrived (see :func:`_signals_held`)."""
 
 
 def hold_signal(signum: int) -> bool:
@@ -238,11 +238,17 @@ def staging_directory(out: Path) -> Iterator[Path]:
             IN_PROGRESS.discard(staging)
 
 
+def check_regular_file(path: Path, what: str) -> None:
+    """UserError if ``path`` exists as anything but a regular file (a symlink, a folder, a FIFO, a device):
+    only a regular file is ever replaced."""
+    if path.is_symlink() or path.exists() and not path.is_file():
+        raise UserError(f"refusing to write {what} {path}: it exists and is not a regular file")
+
+
 def write_atomically(path: Path, data: bytes, what: str) -> None:
     """Write ``data`` to ``path`` through a temporary file beside it: ``path`` is whole or untouched, and no
     temporary file is left on failure or a signal. UserError naming the problem."""
-    if path.is_symlink() or path.exists() and not path.is_file():
-        raise UserError(f"refusing to write {what} {path}: it exists and is not a regular file")
+    check_regular_file(path, what)
     check_creatable(path, what)
     _creating(path, what)
     temporary = path.with_name(f".{path.name[:NAME_KEPT]}.partial-{os.getpid()}")

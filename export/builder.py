@@ -17,8 +17,8 @@ from export import plugin_library
 from export.artifact import Manifest, TensorInfo, TensorRTInfo, check_replaceable, staging_directory, write_manifest
 from export.errors import UserError
 from export.onnx_export import export_onnx
-from export.options import (ATTENTIONS, BACKENDS, BUILT_DIR, MAX_BATCH, PRECISIONS, BuildOptions, Profiles, check_applicable,
-                            default_timing_cache)
+from export.options import (ATTENTIONS, BACKENDS, BUILT_DIR, MAX_BATCH, PRECISIONS, BuildOptions, Profiles,
+                            check_applicable, default_timing_cache)
 from export.passes import GraphPass, cleanup, decompose, to_fp16, to_onnxruntime, to_tensorrt
 from export.runtime import Artifact, artifact_feeds, ort_session
 from export.tensorrt_backend import (check_compute_capabilities, gpu_missing_reason, installed_flavour,

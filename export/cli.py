@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
-from export.errors import UserError
+from export.errors import UserError, one_line
 from export.options import MAX_SEED
 
 log = logging.getLogger("export")
@@ -217,7 +217,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run an artifact on inputs from an .npz file (or random ones) and save or summarize the outputs."""
     import numpy as np
 
-    from export.artifact import write_atomically
+    from export.artifact import check_regular_file, write_atomically
     from export.runtime import artifact_feeds, check_sizes, load_artifact, load_npz, max_input_bytes
     from fourierformer.configs import config_from_dict, example_arrays
 
@@ -243,8 +243,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         artifact.close()
     if args.output:
-        if args.output.exists() and not args.output.is_file() or args.output.is_symlink():
-            raise UserError(f"refusing to write the outputs {args.output}: it exists and is not a regular file")
+        check_regular_file(args.output, "the outputs")  # the name given, before .npz is added
         args.output = args.output if args.output.suffix == ".npz" else args.output.with_name(args.output.name + ".npz")
         buffer = io.BytesIO()
         np.savez(buffer, **outputs)
@@ -662,7 +661,7 @@ def _fail(args: argparse.Namespace, message: str) -> int:
     """Print one error line (and the traceback with -v); the user-error exit code."""
     if args.verbose:
         log.exception("error")
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message holds
+    print(f"error: {one_line(message)}", file=sys.stderr)
     return EXIT_USER_ERROR
 
 

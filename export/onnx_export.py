@@ -21,7 +21,6 @@ from fourierformer.models import example_inputs, output_names
 log = logging.getLogger(__name__)
 
 
-
 def input_names(config: ModelConfig) -> list[str]:
     """The model's ONNX input names."""
     return list(example_inputs(config, batch=1, seq=1))

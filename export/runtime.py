@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from export.artifact import Manifest, load_manifest, read_verified, sha256_file
-from export.errors import UserError
+from export.errors import UserError, one_line
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -63,12 +63,7 @@ def _session(ort, model: str | bytes, options) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise UserError(f"ONNX Runtime cannot load the model: {_one_line(exc)}") from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception's message on one line (ONNX Runtime's and TensorRT's span several)."""
-    return " ".join(str(exc).split())
+        raise UserError(f"ONNX Runtime cannot load the model: {one_line(exc)}") from exc
 
 
 def _own_library(directory: Path, manifest: Manifest) -> Path | None:
@@ -202,7 +197,7 @@ def load_npz(path: Path, limit: int) -> dict[str, np.ndarray]:
             return {name: data[name] for name in data.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError) as exc:
         # RuntimeError: an encrypted member; NotImplementedError: a compression method zipfile lacks
-        raise UserError(f"{path} is not a readable .npz file: {_one_line(exc)}") from exc
+        raise UserError(f"{path} is not a readable .npz file: {one_line(exc)}") from exc
 
 
 @dataclass(frozen=True)
@@ -254,7 +249,7 @@ class Artifact:
                 return {name: np.array(outputs[name]) for name in names}
         except Exception as exc:  # ONNX Runtime's and Polygraphy's own error types
             backend = "ONNX Runtime" if self._on_onnxruntime else "TensorRT"
-            raise UserError(f"{backend} failed to run artifact {self.directory}: {_one_line(exc)}") from exc
+            raise UserError(f"{backend} failed to run artifact {self.directory}: {one_line(exc)}") from exc
 
     @property
     def _on_onnxruntime(self) -> bool:

@@ -17,7 +17,7 @@ from polygraphy.comparator import Comparator, SimpleCompareFunc
 
 from export.artifact import Manifest
 from export.builder import rebuild_model
-from export.errors import UserError
+from export.errors import UserError, one_line
 from export.options import TOLERANCES
 from export.runtime import artifact_feeds, check_feeds, check_sizes, load_artifact
 from fourierformer.configs import LMConfig, config_from_dict
@@ -128,7 +128,7 @@ def validate(directory: Path, batch: int = 2, seq: int | None = None, seed: int 
     try:
         results = Comparator.run(runners, data_loader=[feeds])
     except Exception as exc:  # ONNX Runtime's, TensorRT's and Polygraphy's own error types
-        raise UserError(f"validate could not run {directory}: {exc}") from exc
+        raise UserError(f"validate could not run {directory}: {one_line(exc)}") from exc
     accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
     built, eager = (iterations[0] for _, iterations in results)
     stats = [error_stats(n, np.asarray(built[n]), np.asarray(eager[n])) for n in names]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fourierformer.attention import FourierAttention
-from fourierformer.configs import LMConfig, ModelConfig, ViTConfig, example_arrays
+from fourierformer.configs import LMConfig, ModelConfig, ViTConfig, example_arrays, io_shapes
 
 LM_R_INIT = 2.0
 """Initial paramR of the language model's attention (the official FourierAttn's)."""
@@ -314,7 +314,7 @@ def create_model(config: ModelConfig, seed: int = 0) -> nn.Module:
 
 def output_names(config: ModelConfig) -> list[str]:
     """The model's output names: ``log_probs`` for a language model, ``logits`` for a classifier."""
-    return ["log_probs"] if isinstance(config, LMConfig) else ["logits"]
+    return list(io_shapes(config)[1])
 
 
 def example_inputs(config: ModelConfig, batch: int = 2, seq: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:

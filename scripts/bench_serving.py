@@ -22,20 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.http as httpclient
-from tritonclient.utils import np_to_triton_dtype
 
 import export
+from export.serving.client import triton_inputs
 from export.serving.server import free_ports
 from fourierformer.configs import config_from_dict, example_arrays
-
-def _request(arrays: dict[str, np.ndarray]) -> list:
-    inputs = []
-    for name, array in arrays.items():
-        tensor = httpclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
-
 
 def _percentiles(seconds: list[float]) -> dict[str, float]:
     ms = np.array(seconds) * 1e3
@@ -48,7 +39,7 @@ def sequential(url: str, model: str, arrays: dict[str, np.ndarray], requests: in
     client, seconds = httpclient.InferenceServerClient(url), []
     for i in range(warmup + requests):
         start = time.perf_counter()
-        client.infer(model, _request(arrays))
+        client.infer(model, triton_inputs(httpclient, arrays))
         if i >= warmup:
             seconds.append(time.perf_counter() - start)
     return {**_percentiles(seconds), "samples_per_second": len(seconds) / sum(seconds)}
@@ -63,7 +54,7 @@ def concurrent(url: str, model: str, arrays: dict[str, np.ndarray], requests: in
         connection = httpclient.InferenceServerClient(url)
         for _ in range(requests // clients):
             start = time.perf_counter()
-            connection.infer(model, _request(arrays))
+            connection.infer(model, triton_inputs(httpclient, arrays))
             with lock:
                 seconds.append(time.perf_counter() - start)
 

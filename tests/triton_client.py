@@ -14,22 +14,15 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException
+
+from export.serving.client import triton_inputs
 
 TIMEOUT_S = 20
 
 
 def _http(args: dict) -> httpclient.InferenceServerClient:
     return httpclient.InferenceServerClient(args["http"], connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S)
-
-
-def _inputs(module, arrays: dict[str, np.ndarray]) -> list:
-    inputs = []
-    for name, array in arrays.items():
-        tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
 
 
 def metadata(args: dict) -> dict:
@@ -40,8 +33,8 @@ def metadata(args: dict) -> dict:
 def infer(args: dict) -> dict:
     """The outputs over HTTP and gRPC of the inputs in args["input"], written to args["out"]-http/-grpc.npz."""
     arrays = dict(np.load(args["input"]))
-    http = _http(args).infer(args["model"], _inputs(httpclient, arrays))
-    grpc = grpcclient.InferenceServerClient(args["grpc"]).infer(args["model"], _inputs(grpcclient, arrays),
+    http = _http(args).infer(args["model"], triton_inputs(httpclient, arrays))
+    grpc = grpcclient.InferenceServerClient(args["grpc"]).infer(args["model"], triton_inputs(grpcclient, arrays),
                                                                 client_timeout=TIMEOUT_S)
     for kind, result in (("http", http), ("grpc", grpc)):
         np.savez(f"{args['out']}-{kind}.npz", **{n: result.as_numpy(n) for n in args["outputs"]})
@@ -63,7 +56,7 @@ def load(args: dict) -> dict:
             start = rng.randrange(rows)
             stop = min(rows, start + rng.choice([1, 1, 2, 3, 4]))
             try:
-                result = connection.infer(args["model"], _inputs(httpclient, {k: v[start:stop] for k, v in arrays.items()}))
+                result = connection.infer(args["model"], triton_inputs(httpclient, {k: v[start:stop] for k, v in arrays.items()}))
                 good = all(np.allclose(result.as_numpy(n), expected[n][start:stop], rtol=1e-5, atol=1e-5)
                            for n in expected)
                 kind = "correct" if good else "wrong"
@@ -105,12 +98,12 @@ def bad(args: dict) -> dict:
     for request in args["requests"]:
         arrays = {name: np.full(shape, fill, dtype) for name, (dtype, shape, fill) in request["inputs"].items()}
         try:
-            client.infer(request.get("model", args["model"]), _inputs(httpclient, arrays))
+            client.infer(request.get("model", args["model"]), triton_inputs(httpclient, arrays))
             answers.append("ACCEPTED")
         except InferenceServerException as exc:
             answers.append(exc.message())
     good = dict(np.load(args["input"]))
-    client.infer(args["model"], _inputs(httpclient, good))
+    client.infer(args["model"], triton_inputs(httpclient, good))
     return {"answers": answers, "still_serving": True}
 
 
@@ -128,7 +121,7 @@ def mixed(args: dict) -> dict:
         for _ in range(args["requests"]):
             arrays = bad_arrays if index == 0 else good
             try:
-                connection.infer(args["model"], _inputs(httpclient, arrays))
+                connection.infer(args["model"], triton_inputs(httpclient, arrays))
                 kind = "bad_accepted" if index == 0 else "good_ok"
             except InferenceServerException as exc:
                 kind = "bad_refused" if index == 0 else "good_failed"

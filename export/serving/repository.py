@@ -58,16 +58,18 @@ def serving_shape(manifest: Manifest, name: str | None, max_batch: int | None) -
     return ServingShape(name, largest, tuple(preferred))
 
 
-def _dims(tensor: TensorInfo) -> str:
-    """The dims after the batch axis, -1 for a dynamic one."""
-    return ", ".join(str(-1 if isinstance(d, str) else d) for d in tensor.shape[1:])
+def triton_dims(tensor: TensorInfo) -> tuple[int, ...]:
+    """Triton's dims of a tensor: the axes after the batch axis, -1 for a dynamic one."""
+    return tuple(-1 if isinstance(d, str) else d for d in tensor.shape[1:])
 
 
 def _tensors(kind: str, tensors: list[TensorInfo]) -> str:
     """An ``input [...]`` or ``output [...]`` block."""
-    entries = ",\n".join(f'  {{\n    name: "{t.name}"\n    data_type: {TRITON_TYPES[t.dtype]}\n    dims: [ {_dims(t)} ]\n  }}'
-                         for t in tensors)
-    return f"{kind} [\n{entries}\n]\n"
+    entries = []
+    for t in tensors:
+        dims = ", ".join(map(str, triton_dims(t)))
+        entries.append(f'  {{\n    name: "{t.name}"\n    data_type: {TRITON_TYPES[t.dtype]}\n    dims: [ {dims} ]\n  }}')
+    return f"{kind} [\n" + ",\n".join(entries) + "\n]\n"
 
 
 def config_text(manifest: Manifest, shape: ServingShape, instances: int, library: str | None) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 
 from export.errors import UserError
 from export.paths import cache_dir
-from export.serving.repository import QUEUE_DELAY_US, ServingShape, serving_shape
+from export.serving.repository import QUEUE_DELAY_US, ServingShape, serving_shape, triton_dims
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,7 @@ def _server_environment() -> None:
 
 def _tensors(model_config, tensors) -> list:
     """PyTriton tensors of the manifest's (the batch axis left out, -1 for other dynamic axes)."""
-    return [model_config.Tensor(name=t.name, dtype=np.dtype(t.dtype),
-                                shape=tuple(-1 if isinstance(d, str) else d for d in t.shape[1:]))
-            for t in tensors]
+    return [model_config.Tensor(name=t.name, dtype=np.dtype(t.dtype), shape=triton_dims(t)) for t in tensors]
 
 
 def server_log(name: str) -> Path:
