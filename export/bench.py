@@ -31,7 +31,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export import cuda_kernel, plugin_library, tensorrt_backend
+from export import cpu_kernel, cuda_kernel, plugin_library, tensorrt_backend
 from export.artifact import TensorRTInfo
 from export.errors import UserError
 from export.op_model import attention_inputs, ort_op_model, portable_op_model
@@ -353,14 +353,37 @@ def bench(shapes: list[Shape], repeats: int = 5, warmup: int = 1, device: str = 
     return results
 
 
-def cpu_roofline() -> dict[str, float]:
-    """The CPU kernel's arithmetic roofline in pair-dims/s (derivation: plugins/cpu/ROOFLINE.md)."""
-    mhz = max(float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", Path("/proc/cpuinfo").read_text()))
-    lanes, fp_ports, ops_per_pair_dim = 8, 2, 9  # AVX2 float32; two FMA pipes; multiply-class ops, ROOFLINE.md
+CPU_OPS_PER_PAIR_DIM = {"avx512": (0.5625, 0.1875), "avx2": (1.125, 0.5), "baseline": (2.25, 3.75)}
+"""Per path: (FMA-unit ops, other vector ops) the CPU kernel issues per pair-dim, from its disassembly
+(scripts/cpu_op_count.py, g++ 12; plugins/cpu/ROOFLINE.md). Recount when the kernel changes."""
+
+
+def cpu_ports(vendor: str, isa: str) -> tuple[int, int]:
+    """(FMA-unit ports, vector-ALU ports) per core for a path's vector width (plugins/cpu/ROOFLINE.md).
+
+    Intel cores since Skylake-SP: FMA on ports 0 and 1, vector ALUs on 0, 1 and 5 for 128/256-bit; for 512-bit
+    ops ports 0 and 1 fuse, so 2 and 2 (server parts with the second 512-bit FMA unit on port 5). AMD Zen 2-4: FMA
+    and multiply on 2 of 4 FP pipes, every FP op on any of the 4; Zen 4 splits a 512-bit op into two 256-bit ones.
+    """
+    if vendor == "AuthenticAMD":
+        return (1, 2) if isa == "avx512" else (2, 4)
+    return (2, 2) if isa == "avx512" else (2, 3)
+
+
+def cpu_roofline() -> dict[str, float | str]:
+    """The CPU kernel's roofline in pair-dims/s for the path that runs (derivation: plugins/cpu/ROOFLINE.md):
+    cores x clock / the cycles per pair-dim its ops need on the ports of this vendor's cores."""
+    text = Path("/proc/cpuinfo").read_text()
+    mhz = max(float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", text))
+    vendor = next(iter(re.findall(r"vendor_id\s*:\s*(\S+)", text)), "unknown")
+    isa = cpu_kernel.isa()
+    fma_ops, other_ops = CPU_OPS_PER_PAIR_DIM[isa]
+    fma_ports, alu_ports = cpu_ports(vendor, isa)
+    cycles = max(fma_ops / fma_ports, (fma_ops + other_ops) / alu_ports)
     cores = os.cpu_count() or 1
-    return {"clock_hz": mhz * 1e6, "cores": cores, "lanes": lanes, "fp_ports": fp_ports,
-            "ops_per_pair_dim": ops_per_pair_dim,
-            "pair_dims_per_second": lanes * fp_ports * mhz * 1e6 * cores / ops_per_pair_dim}
+    return {"isa": isa, "vendor": vendor, "clock_hz": mhz * 1e6, "cores": cores, "fma_ops_per_pair_dim": fma_ops,
+            "other_ops_per_pair_dim": other_ops, "fma_ports": fma_ports, "alu_ports": alu_ports,
+            "cycles_per_pair_dim": cycles, "pair_dims_per_second": cores * mhz * 1e6 / cycles}
 
 
 CUDA_INSTRUCTIONS_PER_PAIR_DIM = 14.28
@@ -392,8 +415,9 @@ def machine(device: str = "cpu") -> dict[str, str | int]:
     """The machine and versions that set the numbers."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown CPU")
-    info: dict[str, str | int] = {"cpu": cpu, "cores": os.cpu_count() or 1, "torch": torch.__version__,
-                                  "torch_threads": torch.get_num_threads(), "onnxruntime": ort.__version__}
+    info: dict[str, str | int] = {"cpu": cpu, "cores": os.cpu_count() or 1, "cpu_kernel_path": cpu_kernel.isa(),
+                                  "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                                  "onnxruntime": ort.__version__}
     if device == "cuda":
         info.update(gpu=torch.cuda.get_device_name(0), cuda=str(torch.version.cuda))
     return info

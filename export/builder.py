@@ -13,7 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import torch
 
-from export import plugin_library
+from export import cpu_kernel, plugin_library
 from export.artifact import Manifest, TensorInfo, TensorRTInfo, check_replaceable, staging_directory, write_manifest
 from export.errors import UserError
 from export.onnx_export import export_onnx
@@ -230,6 +230,8 @@ def build_engine(options: BuildOptions) -> tuple[Path, Manifest]:
         dynamic_ranges={name: [low, high] for name, (low, _, high) in profiles.items()}, versions=_versions(),
         plugin_library=library.name if library else None,
     )
+    if backend == "onnxruntime" and library:  # the path of the op's smoke run; each machine picks its own at load
+        manifest.versions["cpu_kernel_path"] = cpu_kernel.isa()
     with staging_directory(out) as staging:
         onnx.save(proto, staging / ONNX_FILE)
         if library:

@@ -1,25 +1,29 @@
 """The CPU kernel from Python: its plain C API (libfourierformer_cpu.so) called through ctypes.
 
-The same kernel as the ONNX Runtime op, parallelized here over ``torch.get_num_threads()`` threads (the caller and
-a pool; ctypes releases the GIL during each call): first every prepare item, then every output row.
+The same kernel as the ONNX Runtime op, run over ``torch.get_num_threads()`` threads by the library's own pool (one
+ctypes call, which releases the GIL). The library picks its instruction-set path at load from CPUID, or from the
+environment variable ``FF_CPU_ISA`` (auto, avx512, avx2, baseline): ``isa()`` names the one in use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 
 import torch
 
 from export import plugin_library
+from export.errors import UserError
 from export.kernel_api import DTYPES, Params, check_qkv, params
 from fourierformer import opspec
 
 ALIGNMENT = 64
 """FF_CPU_WORKSPACE_ALIGNMENT of plugins/cpu/fourier_attention_cpu.h."""
+
+ISAS = ("avx512", "avx2", "baseline")
+"""The kernel's instruction-set paths, widest first (plugins/cpu/fourier_attention_cpu.h)."""
 
 
 @functools.cache
@@ -40,36 +44,43 @@ def library() -> ctypes.CDLL:
     lib.ff_cpu_prepare.restype = None
     lib.ff_cpu_compute.argtypes = [p, ctypes.c_int, pointer, pointer, i64, i64]
     lib.ff_cpu_compute.restype = None
+    lib.ff_cpu_forward_threads.argtypes = [p, ctypes.c_int, pointer, pointer, pointer, pointer, pointer, ctypes.c_int]
+    lib.ff_cpu_forward_threads.restype = ctypes.c_char_p
+    for name in ("ff_cpu_isa", "ff_cpu_isa_error"):
+        getattr(lib, name).argtypes = []
+        getattr(lib, name).restype = ctypes.c_char_p
+    for name in ("ff_cpu_isa_unsupported", "ff_cpu_set_isa"):
+        getattr(lib, name).argtypes = [ctypes.c_char_p]
+        getattr(lib, name).restype = ctypes.c_char_p
     return lib
 
 
-@functools.cache
-def _pool(threads: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(threads, thread_name_prefix="fourier-attention-cpu")
+def isa() -> str:
+    """The instruction-set path the CPU kernel runs (avx512, avx2 or baseline).
+
+    Raises UserError where ``FF_CPU_ISA`` names an unknown path or one this CPU cannot run."""
+    lib = library()
+    if (error := lib.ff_cpu_isa_error()) is not None:
+        raise UserError(error.decode())
+    return lib.ff_cpu_isa().decode()
 
 
-def _parallel(fn: Callable[[int, int], None], total: int, per_task: int, workers: int) -> None:
-    """fn(begin, end) over [0, total) in ranges of ``per_task``: the calling thread and ``workers - 1`` pool threads
-    take the ranges in turn (one pool task per thread, not per range: the per-range cost is one ctypes call).
-    Returns when every range is done; re-raises an error of any thread after all have stopped."""
-    ranges = [(b, min(b + per_task, total)) for b in range(0, total, per_task)]
-    pending = iter(ranges)
-    lock = threading.Lock()
+def runnable_isas() -> list[str]:
+    """The paths this CPU (and OS) can run, widest first."""
+    return [name for name in ISAS if library().ff_cpu_isa_unsupported(name.encode()) is None]
 
-    def take_ranges() -> None:
-        while True:
-            with lock:
-                task = next(pending, None)
-            if task is None:
-                return
-            fn(*task)
 
-    helpers = [_pool(workers - 1).submit(take_ranges) for _ in range(min(workers, len(ranges)) - 1)]
+@contextlib.contextmanager
+def forced_isa(name: str) -> Iterator[None]:
+    """Runs the kernel on path ``name`` inside the block (tests and benchmarks; process-wide), then restores it."""
+    lib = library()
+    before = lib.ff_cpu_isa()
+    if (error := lib.ff_cpu_set_isa(name.encode())) is not None:
+        raise ValueError(error.decode())
     try:
-        take_ranges()
+        yield
     finally:
-        for helper in helpers:  # the tensors behind fn stay alive until no thread uses them
-            helper.result()
+        lib.ff_cpu_set_isa(before)
 
 
 def fourier_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, R: float = opspec.R.default,
@@ -93,10 +104,8 @@ def fourier_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, R: 
         return out
     workspace = torch.empty(lib.ff_cpu_workspace_size(pp) + ALIGNMENT, dtype=torch.uint8)
     ws = workspace.data_ptr() + (-workspace.data_ptr()) % ALIGNMENT
-    dtype, workers = DTYPES[q.dtype], torch.get_num_threads()
-    items = lib.ff_cpu_prepare_items(pp)
-    _parallel(lambda b, e: lib.ff_cpu_prepare(pp, dtype, q.data_ptr(), k.data_ptr(), v.data_ptr(), ws, b, e),
-              items, items // (4 * workers) + 1, workers)
-    _parallel(lambda b, e: lib.ff_cpu_compute(pp, dtype, ws, out.data_ptr(), b, e),
-              lib.ff_cpu_rows(pp), lib.ff_cpu_rows_per_task(pp, workers), workers)
+    error = lib.ff_cpu_forward_threads(pp, DTYPES[q.dtype], q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+                                       ws, torch.get_num_threads())
+    if error is not None:
+        raise ValueError(error.decode())
     return out

@@ -35,8 +35,7 @@ TRT_PLUGIN_NAME = "libfourierformer_trt.so"
 HARNESS_NAME = "fourier_attention_plugin_harness"
 NO_CUDA = "no CUDA compiler was found when the plugins were built (install the CUDA toolkit or set CUDACXX, then " \
           "fourierformer-deploy build-plugins --force)"
-CMAKE_VARIABLES = ("ONNXRUNTIME_INCLUDE_DIR", "TENSORRT_INCLUDE_DIR", "FF_DEBIAN_MIRROR", "FF_CPU_ARCH_FLAGS",
-                   "FF_CUDA_ARCHITECTURES")
+CMAKE_VARIABLES = ("ONNXRUNTIME_INCLUDE_DIR", "TENSORRT_INCLUDE_DIR", "FF_DEBIAN_MIRROR", "FF_CUDA_ARCHITECTURES")
 """Environment variables passed through to CMake when set (header locations and build flags)."""
 STAMP = "source.sha256"
 """Written into a build folder once its build succeeded: the digest of the sources it was built from."""

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -207,3 +212,31 @@ def test_accuracy_around_the_small_x_branch_point(op_session, power, D):
     assert (w >= 1e3 * eps).all() and (w >= 1e-20).all(), "vacuous: the tested weights must dominate eps"
     error = np.abs(out.astype(np.float64) - reference) / reference
     assert error.max() <= branch_bound(power), f"error {error.max():.3g} at x = {xd[error.argmax()]:.9g}"
+
+
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_parity_on_the_narrower_cpu_paths(isa):
+    """The op's library picks its path when it loads: the parity cases again in a process with FF_CPU_ISA set (the
+    best path, the default, runs them above)."""
+    from export import cpu_kernel
+
+    if (reason := cpu_kernel.library().ff_cpu_isa_unsupported(isa.encode())) is not None:
+        pytest.skip(reason.decode())
+    if cpu_kernel.isa() == isa:
+        pytest.skip(f"{isa} is this CPU's best path: the cases above ran on it")
+    env = {**os.environ, "FF_CPU_ISA": isa}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+                          "-k", "parity_with_polygraphy or large_offset"], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).parent, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout
+
+
+def test_an_unknown_cpu_path_is_refused_by_the_op():
+    code = ("import numpy as np; from export import plugin_library; from export.op_model import ort_op_model; "
+            "from export.runtime import ort_session; "
+            "ort_session(ort_op_model({}, np.dtype('float32')).SerializeToString(), plugin_library.ort_library())")
+    env = {**os.environ, "FF_CPU_ISA": "avx1024"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).parent, timeout=300)
+    assert run.returncode != 0 and "FF_CPU_ISA must be auto, avx512, avx2 or baseline" in run.stderr, run.stderr

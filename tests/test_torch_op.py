@@ -31,14 +31,6 @@ def _error(shape, R, power, causal, dtype, device) -> float:
     return rounded_parity_error(run, shape, R, power, causal, dtype, EPS)
 
 
-@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
-@pytest.mark.parametrize("causal", [0, 1])
-@pytest.mark.parametrize("R, power", [(0.1, 2), (1.0, 4), (10.0, 8)], ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_cpu_parity_with_float64_oracle(shape, R, power, causal, dtype):
-    assert _error(shape, R, power, causal, dtype, "cpu") <= TOLERANCE[dtype]
-
-
 def test_opcheck_schema_fake_and_dispatch():
     """torch.library.opcheck: schema, fake (meta) implementation and dispatch agree with the real kernel."""
     x = {k: torch.from_numpy(v) for k, v in attention_inputs(2, 2, 9, 13, 24, R=1.0).items()}
@@ -67,20 +59,44 @@ def test_cpu_result_does_not_depend_on_the_thread_count(threads):
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
-def test_cpu_ranges_run_once_each_and_errors_surface_after_all_threads_stop():
-    done: list[tuple[int, int]] = []
-    cpu_kernel._parallel(lambda b, e: done.append((b, e)), 100, 7, 3)
-    assert sorted(done) == [(b, min(b + 7, 100)) for b in range(0, 100, 7)]
+def test_concurrent_calls_from_python_threads_match_one_call():
+    """The kernel's thread pool takes one call at a time; a call that finds it busy runs alone, with equal results."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    done.clear()
+    x = {k: torch.from_numpy(v) for k, v in attention_inputs(2, 3, 90, 70, 24, R=1.0).items()}
+    expected = fourier_attention(x["q"], x["k"], x["v"], 1.0, 4, EPS, False)
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda _: fourier_attention(x["q"], x["k"], x["v"], 1.0, 4, EPS, False), range(16)))
+    for out in outs:
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
-    def failing(b: int, e: int) -> None:
-        if b == 35:
-            raise RuntimeError("range 35")
-        done.append((b, e))
-    with pytest.raises(RuntimeError, match="range 35"):
-        cpu_kernel._parallel(failing, 100, 7, 3)
-    assert len(done) == 14  # every other range still ran: no thread was left writing after the call returned
+
+def _isa_or_skip(isa: str) -> None:
+    if (reason := cpu_kernel.library().ff_cpu_isa_unsupported(isa.encode())) is not None:
+        pytest.skip(reason.decode())
+
+
+@pytest.mark.parametrize("isa", cpu_kernel.ISAS)
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+@pytest.mark.parametrize("causal", [0, 1])
+@pytest.mark.parametrize("R, power", [(0.1, 2), (1.0, 4), (10.0, 8), (1e-20, 4), (1e20, 2)], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_every_cpu_path_parity_with_float64_oracle(shape, R, power, causal, dtype, isa):
+    """Each instruction-set path this CPU runs (FF_CPU_ISA's choices), extreme R included (R not folded)."""
+    _isa_or_skip(isa)
+    if dtype == torch.float16 and not 1e-3 <= R <= 1e3:
+        pytest.skip("float16 inputs cannot hold a spread of 1/R")
+    with cpu_kernel.forced_isa(isa):
+        assert cpu_kernel.isa() == isa
+        assert _error(shape, R, power, causal, dtype, "cpu") <= TOLERANCE[dtype]
+
+
+def test_paths_are_named_and_an_unknown_one_is_refused():
+    assert cpu_kernel.isa() in cpu_kernel.ISAS
+    assert "baseline" in cpu_kernel.runnable_isas()
+    with pytest.raises(ValueError, match="FF_CPU_ISA must be auto, avx512, avx2 or baseline"):
+        with cpu_kernel.forced_isa("avx1024"):
+            pass
 
 
 def test_no_keys_gives_zeros_and_empty_queries_give_empty():

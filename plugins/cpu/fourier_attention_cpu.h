@@ -10,6 +10,12 @@
  * or, single-threaded, ff_cpu_forward(). Parameters must pass ff_validate_params().
  * dtype applies to q, k, v and out; arithmetic is float32 either way.
  * Nothing here allocates, throws or aborts.
+ *
+ * Instruction-set paths: avx512 (AVX-512 F/BW/VL/DQ), avx2 (AVX2 + FMA) and baseline (SSE2; on other
+ * architectures the only one). The best one the CPU and OS support is chosen at the first call, or the one the
+ * environment variable FF_CPU_ISA names (auto | avx512 | avx2 | baseline). Callers check ff_cpu_isa_error()
+ * before running: where FF_CPU_ISA cannot be honoured, it says why (the best path is in use meanwhile).
+ * The workspace layout is the same for every path.
  */
 #ifndef FOURIERFORMER_CPU_FOURIER_ATTENTION_CPU_H_
 #define FOURIERFORMER_CPU_FOURIER_ATTENTION_CPU_H_
@@ -22,6 +28,19 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The path in use: "avx512", "avx2" or "baseline". */
+const char* ff_cpu_isa(void);
+
+/* NULL, or why FF_CPU_ISA could not be honoured (an unknown name, or a path this CPU cannot run). */
+const char* ff_cpu_isa_error(void);
+
+/* NULL if the path named name ("auto" included) can run here, else why not. */
+const char* ff_cpu_isa_unsupported(const char* name);
+
+/* Uses the path named name from now on (for tests and benchmarks): NULL, or why not (then nothing changes).
+ * Safe between calls of other threads: the workspace does not depend on the path. */
+const char* ff_cpu_set_isa(const char* name);
 
 /* Required alignment of the workspace pointer. */
 #define FF_CPU_WORKSPACE_ALIGNMENT 64
@@ -51,6 +70,11 @@ void ff_cpu_compute(const ff_params* p, ff_dtype dtype, void* workspace, void* o
 /* Single-threaded convenience: validate, prepare, compute. Returns NULL or an error. */
 const char* ff_cpu_forward(const ff_params* p, ff_dtype dtype, const void* q, const void* k,
                            const void* v, void* out, void* workspace);
+
+/* libfourierformer_cpu.so only (fourier_attention_cpu_threads.cpp): ff_cpu_forward over up to `threads` threads
+ * (the caller and a persistent pool). Returns NULL or an error, as ff_cpu_forward. */
+const char* ff_cpu_forward_threads(const ff_params* p, ff_dtype dtype, const void* q, const void* k,
+                                   const void* v, void* out, void* workspace, int threads);
 
 #ifdef __cplusplus
 }  /* extern "C" */

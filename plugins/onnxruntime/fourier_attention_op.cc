@@ -51,10 +51,11 @@ OrtStatus* read_attr(const OrtApi& api, const OrtKernelInfo* info, const char* n
   if constexpr (std::is_same_v<V, float>) st = api.KernelInfoGetAttribute_float(info, name, &value);
   else st = api.KernelInfoGetAttribute_int64(info, name, &value);
   if (st == nullptr) { *out = value; return nullptr; }
+  // ONNX Runtime answers an absent attribute with ORT_FAIL and one of another type with ORT_INVALID_ARGUMENT.
+  const OrtErrorCode code = api.GetErrorCode(st);
   const std::string msg = api.GetErrorMessage(st);
   api.ReleaseStatus(st);
-  if (msg.find("No attribute with name") != std::string::npos ||
-      msg.find("No attribute with this name") != std::string::npos) {
+  if (code == ORT_FAIL) {
     *out = def;
     return nullptr;
   }
@@ -233,6 +234,7 @@ struct FourierAttentionOp : Ort::CustomOpBase<FourierAttentionOp<T>, FourierAtte
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const noexcept {
     *kernel = nullptr;
     try {
+      if (const char* err = ff_cpu_isa_error()) return make_status(api, ORT_INVALID_ARGUMENT, err);
       float R, eps;
       int64_t power, causal;
       if (OrtStatus* st = read_attr(api, info, fs::kAttrR, fs::kAttrTypeR, fs::kDefaultR, &R)) return st;
