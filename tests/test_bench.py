@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import onnx
 import pytest
 import torch
 
-from export import bench, tensorrt_backend
+from export import bench, plugin_library, tensorrt_backend
 from export.cli import EXIT_OK, main
 
 
@@ -100,3 +103,16 @@ def test_model_level_bench_checks_and_times_every_variant(ort_library):
 def test_cuda_bench_without_a_gpu_names_what_is_missing(capsys):
     assert main(["bench", "--device", "cuda"]) == 2
     assert "bench --device cuda needs an NVIDIA GPU" in capsys.readouterr().err
+
+
+def test_cpu_roofline_counts_match_the_disassembly():
+    """CPU_OPS_PER_PAIR_DIM is what scripts/cpu_op_count.py reads from the built library (within 15%: another
+    compiler may schedule a little differently; recount and update plugins/cpu/ROOFLINE.md when it fails)."""
+    script = Path(__file__).resolve().parent.parent / "scripts/cpu_op_count.py"
+    run = subprocess.run([sys.executable, str(script), "--library", str(plugin_library.cpu_library())],
+                         capture_output=True, text=True, check=True, timeout=300)
+    counted = json.loads(run.stdout)
+    assert set(counted) == set(bench.CPU_OPS_PER_PAIR_DIM)
+    for path, (fma, other) in bench.CPU_OPS_PER_PAIR_DIM.items():
+        assert counted[path]["fma_per_pair_dim"] == pytest.approx(fma, rel=0.15), path
+        assert counted[path]["other_per_pair_dim"] == pytest.approx(other, rel=0.15), path
