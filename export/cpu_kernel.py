@@ -30,20 +30,11 @@ ISAS = ("avx512", "avx2", "baseline")
 def library() -> ctypes.CDLL:
     """The loaded CPU kernel library with typed entry points (built first if needed)."""
     lib = ctypes.CDLL(str(plugin_library.cpu_library()))
-    p, pointer, i64 = ctypes.POINTER(Params), ctypes.c_void_p, ctypes.c_int64
+    p, pointer = ctypes.POINTER(Params), ctypes.c_void_p
     lib.ff_validate_params.argtypes = [p]
     lib.ff_validate_params.restype = ctypes.c_char_p
     lib.ff_cpu_workspace_size.argtypes = [p]
     lib.ff_cpu_workspace_size.restype = ctypes.c_size_t
-    for name in ("ff_cpu_prepare_items", "ff_cpu_rows"):
-        getattr(lib, name).argtypes = [p]
-        getattr(lib, name).restype = i64
-    lib.ff_cpu_rows_per_task.argtypes = [p, ctypes.c_int]
-    lib.ff_cpu_rows_per_task.restype = i64
-    lib.ff_cpu_prepare.argtypes = [p, ctypes.c_int, pointer, pointer, pointer, pointer, i64, i64]
-    lib.ff_cpu_prepare.restype = None
-    lib.ff_cpu_compute.argtypes = [p, ctypes.c_int, pointer, pointer, i64, i64]
-    lib.ff_cpu_compute.restype = None
     lib.ff_cpu_forward_threads.argtypes = [p, ctypes.c_int, pointer, pointer, pointer, pointer, pointer, ctypes.c_int]
     lib.ff_cpu_forward_threads.restype = ctypes.c_char_p
     for name in ("ff_cpu_isa", "ff_cpu_isa_error"):
@@ -65,9 +56,15 @@ def isa() -> str:
     return lib.ff_cpu_isa().decode()
 
 
+def isa_unsupported(name: str) -> str | None:
+    """None if path ``name`` can run on this CPU (and OS), else why not."""
+    reason = library().ff_cpu_isa_unsupported(name.encode())
+    return None if reason is None else reason.decode()
+
+
 def runnable_isas() -> list[str]:
     """The paths this CPU (and OS) can run, widest first."""
-    return [name for name in ISAS if library().ff_cpu_isa_unsupported(name.encode()) is None]
+    return [name for name in ISAS if isa_unsupported(name) is None]
 
 
 @contextlib.contextmanager

@@ -72,8 +72,8 @@ def test_concurrent_calls_from_python_threads_match_one_call():
 
 
 def _isa_or_skip(isa: str) -> None:
-    if (reason := cpu_kernel.library().ff_cpu_isa_unsupported(isa.encode())) is not None:
-        pytest.skip(reason.decode())
+    if (reason := cpu_kernel.isa_unsupported(isa)) is not None:
+        pytest.skip(reason)
 
 
 @pytest.mark.parametrize("isa", cpu_kernel.ISAS)

@@ -197,12 +197,17 @@ extern "C" void ff_cpu_compute(const ff_params* p, ff_dtype dt, void* workspace,
                          row_end);
 }
 
-extern "C" const char* ff_cpu_forward(const ff_params* p, ff_dtype dtype, const void* q, const void* k,
-                                      const void* v, void* out, void* workspace) {
+const char* ff_cpu::call_problem(const ff_params* p, const void* workspace) {
   if (const char* err = ff_validate_params(p)) return err;
   if (const char* err = ff_cpu_isa_error()) return err;
   if (reinterpret_cast<uintptr_t>(workspace) % FF_CPU_WORKSPACE_ALIGNMENT != 0)
     return "FourierAttention: workspace must be 64-byte aligned";
+  return nullptr;
+}
+
+extern "C" const char* ff_cpu_forward(const ff_params* p, ff_dtype dtype, const void* q, const void* k,
+                                      const void* v, void* out, void* workspace) {
+  if (const char* err = ff_cpu::call_problem(p, workspace)) return err;
   ff_cpu_prepare(p, dtype, q, k, v, workspace, 0, ff_cpu_prepare_items(p));
   ff_cpu_compute(p, dtype, workspace, out, 0, ff_cpu_rows(p));
   return nullptr;

@@ -1,8 +1,9 @@
 // Internal to the CPU kernel: what its dispatcher (fourier_attention_cpu.cpp) and its instruction-set paths
 // (fourier_attention_cpu_path.cpp, compiled once per path with that path's flags) share.
 //
-// Only plain structs and internal-linkage helpers live here: a translation unit built with AVX-512 flags must not
-// emit a function the linker could pick for the baseline path, so nothing here has external linkage.
+// Only plain structs, declarations and internal-linkage helpers live here: a translation unit built with AVX-512
+// flags must not emit a function the linker could pick for the baseline path, so nothing defined here has external
+// linkage.
 #ifndef FOURIERFORMER_CPU_FOURIER_ATTENTION_CPU_INTERNAL_H_
 #define FOURIERFORMER_CPU_FOURIER_ATTENTION_CPU_INTERNAL_H_
 
@@ -92,6 +93,10 @@ struct Path {
 };
 
 extern const Path kPathAvx512, kPathAvx2, kPathBaseline;
+
+// NULL, or why a whole-problem call (ff_cpu_forward, ff_cpu_forward_threads) must not run: bad parameters, an
+// FF_CPU_ISA that cannot be honoured, or a misaligned workspace. Defined in fourier_attention_cpu.cpp.
+const char* call_problem(const ff_params* p, const void* workspace);
 
 }  // namespace ff_cpu
 

@@ -48,33 +48,28 @@ inline vf ld(const float* p) { return *reinterpret_cast<const vf*>(p); }
 inline void st(float* p, vf x) { *reinterpret_cast<vf*>(p) = x; }
 inline vi as_i(vf x) { vi r; memcpy(&r, &x, sizeof r); return r; }
 inline vf as_f(vi x) { vf r; memcpy(&r, &x, sizeof r); return r; }
-inline vi iota() {
-  vi r;
-  for (int i = 0; i < W; ++i) r[i] = i;
+template <typename V>
+inline V iota() {  // 0, 1, 2, ... in V's lanes
+  V r;
+  for (int i = 0; i < static_cast<int>(sizeof(V) / sizeof(r[0])); ++i) r[i] = i;
   return r;
 }
 
-// max and sum over the lanes, by a butterfly (every lane ends with the result).
+// max and sum over the lanes, by a butterfly (every lane ends with the result); any lane of a mask set.
 inline float hmax(vf x) {
   for (int s = W / 2; s > 0; s /= 2) {
-    const vf y = __builtin_shuffle(x, iota() ^ s);
+    const vf y = __builtin_shuffle(x, iota<vi>() ^ s);
     x = x > y ? x : y;
   }
   return x[0];
 }
 inline float hsum(vf x) {
-  for (int s = W / 2; s > 0; s /= 2) x += __builtin_shuffle(x, iota() ^ s);
+  for (int s = W / 2; s > 0; s /= 2) x += __builtin_shuffle(x, iota<vi>() ^ s);
   return x[0];
 }
-inline bool any(vi m) {
-  for (int s = W / 2; s > 0; s /= 2) m |= __builtin_shuffle(m, iota() ^ s);
-  return m[0] != 0;
-}
-
-inline bool any_l(vl m) {
-  vl idx;
-  for (int i = 0; i < WD; ++i) idx[i] = i;
-  for (int s = WD / 2; s > 0; s /= 2) m |= __builtin_shuffle(m, idx ^ s);
+template <typename M>
+inline bool any(M m) {
+  for (int s = static_cast<int>(sizeof(M) / sizeof(m[0])) / 2; s > 0; s /= 2) m |= __builtin_shuffle(m, iota<M>() ^ s);
   return m[0] != 0;
 }
 
@@ -163,7 +158,7 @@ inline void vsincos(vd a, double* s, double* c) {
   memcpy(s, &ss, sizeof ss);
   memcpy(c, &cc, sizeof cc);
   const vl large = !(a < 1e6 && a > -1e6);
-  if (any_l(large)) {
+  if (any(large)) {
     for (int i = 0; i < WD; ++i) {
       if (large[i]) {
         s[i] = sin(a[i]);
@@ -307,7 +302,7 @@ inline void process_block(const Consts& K, int64_t dim, int64_t dimp, float powe
   // never move m; they make l NaN through their own terms, or directly where m is still -inf.
   alignas(64) float pj[Q][W];
   bool active[Q];
-  const vi lanes = iota();
+  const vi lanes = iota<vi>();
   for (int r = 0; r < Q; ++r) {
     vf Lr = ld(Lm[r]) * power;
     if (j0 + W - 1 > rs[r].last_key) Lr = lanes > static_cast<int32_t>(rs[r].last_key - j0) ? bc(-kInf) : Lr;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "fourier_attention_cpu.h"
+#include "fourier_attention_cpu_internal.h"
 
 namespace {
 
@@ -139,10 +140,7 @@ Pool& pool() {
 extern "C" __attribute__((visibility("default"))) const char* ff_cpu_forward_threads(
     const ff_params* p, ff_dtype dtype, const void* q, const void* k, const void* v, void* out, void* workspace,
     int threads) {
-  if (const char* err = ff_validate_params(p)) return err;
-  if (const char* err = ff_cpu_isa_error()) return err;
-  if (reinterpret_cast<uintptr_t>(workspace) % FF_CPU_WORKSPACE_ALIGNMENT != 0)
-    return "FourierAttention: workspace must be 64-byte aligned";
+  if (const char* err = ff_cpu::call_problem(p, workspace)) return err;
   if (threads < 1) threads = 1;
   Job job;
   job.p = p;
@@ -161,7 +159,7 @@ extern "C" __attribute__((visibility("default"))) const char* ff_cpu_forward_thr
   if (pair_dims < 2e5) threads = 1;
   try {
     pool().run(job, threads);
-  } catch (...) {  // a mutex or thread error: run alone
+  } catch (...) {  // pool() or a lock failed, before the job was handed to any worker: run it alone
     job.participants = 1;
     job.run();
   }
