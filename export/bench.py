@@ -31,12 +31,13 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export import cpu_kernel, cuda_kernel, plugin_library, tensorrt_backend
+from export import cpu_kernel, cuda_kernel, plugin_library, tensorrt_backend, time_breakdown
 from export.artifact import TensorRTInfo
 from export.errors import UserError
 from export.op_model import attention_inputs, ort_op_model, portable_op_model
 from export.options import TOLERANCES, Profiles
 from export.runtime import ort_session
+from export.time_breakdown import Shares
 from export.validate import error_stats
 from fourierformer import opspec
 from fourierformer.configs import ModelConfig
@@ -110,6 +111,8 @@ class Result:
     error_vs_fp64: float | None = None
     peak_bytes: int | None = None
     skipped: str | None = None
+    error_bound: float | None = None
+    """The bound error_vs_fp64 was checked against."""
 
     @property
     def pair_dims_per_second(self) -> float | None:
@@ -306,10 +309,11 @@ def bench_one(impl: Implementation, shape: Shape, repeats: int, warmup: int, dev
     run = impl.make(shape)
     out = run(sets[0])
     error = error_stats("out", out[..., -ORACLE_ROWS:, :].float().cpu().numpy(), reference).norm_rel
-    if not error <= (impl.max_error or MAX_NORM_ERROR[impl.dtype]):
+    bound = impl.max_error or MAX_NORM_ERROR[impl.dtype]
+    if not error <= bound:
         raise RuntimeError(f"{impl.name} is wrong at {shape}: normwise error {error:.2e} against float64")
     seconds = _median_seconds(run, sets, repeats, warmup, device)
-    return Result(impl.name, shape, seconds, error, max(0, _peak(device) - baseline))
+    return Result(impl.name, shape, seconds, error, max(0, _peak(device) - baseline), error_bound=bound)
 
 
 def _median_seconds(run: Callable[[Feeds], object], sets: list[Feeds], repeats: int, warmup: int,
@@ -467,13 +471,17 @@ def plot(results: list[Result], path: Path, device: str = "cpu") -> None:
     plt.close(fig)
 
 
+def records(results: list[Result]) -> list[dict]:
+    """The results as bench.json holds them (what scripts/gpu_summary.py reads)."""
+    return [{**asdict(r), "pair_dims_per_second": r.pair_dims_per_second} for r in results]
+
+
 def write_report(results: list[Result], out: Path, device: str = "cpu") -> None:
     """bench.json (everything), bench.md (machine line and table) and bench.png (throughput plot) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     line = roofline(device)
     info = machine(device)
-    data = {"device": device, "machine": info, "roofline": line,
-            "results": [{**asdict(r), "pair_dims_per_second": r.pair_dims_per_second} for r in results]}
+    data = {"device": device, "machine": info, "roofline": line, "results": records(results)}
     (out / "bench.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     summary = ", ".join(f"{k} {v}" for k, v in info.items())
     (out / "bench.md").write_text(f"{summary}\n\n{markdown(results, line['pair_dims_per_second'], device)}\n")
@@ -489,7 +497,8 @@ class ModelCase:
     seq: int | None = None
 
 
-MODEL_CASES = (ModelCase("deit-tiny", 1), ModelCase("deit-tiny", 64), ModelCase("lm-small", 1, 256))
+MODEL_CASES = (ModelCase("deit-tiny", 1), ModelCase("deit-tiny", 64), ModelCase("lm-small", 1, 256),
+               ModelCase("lm-medium", 1, 384))
 
 
 @dataclass
@@ -502,6 +511,8 @@ class ModelResult:
     errors: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     """Variants this machine cannot run, with what it lacks."""
+    shares: dict[str, Shares] = field(default_factory=dict)
+    """Where the time goes (time_breakdown.CATEGORIES), per variant a profiler sees into."""
 
 
 def _no_grad(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -511,8 +522,15 @@ def _no_grad(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     return run
 
 
-Variant = tuple[Callable[..., torch.Tensor], torch.dtype, float]
-"""A model variant: runner taking the model's named inputs, the dtype of its float inputs, its check bound."""
+@dataclass(frozen=True)
+class Variant:
+    """A model variant: runner taking the model's named inputs, the dtype of its float inputs, its check bound, and
+    where it can be profiled, the fractions of its time per category on given inputs."""
+
+    run: Callable[..., torch.Tensor]
+    dtype: torch.dtype
+    bound: float
+    shares: Callable[[dict[str, torch.Tensor]], Shares] | None = None
 
 
 def _tensorrt_model(case: ModelCase) -> Callable[..., torch.Tensor]:
@@ -546,20 +564,28 @@ def _model_variants(model: torch.nn.Module, config: ModelConfig, case: ModelCase
 
     fused = fuse(copy.deepcopy(model))
     if device == "cpu":
-        proto = retarget(export_onnx(model, config), passes_for("onnxruntime", "plugin", "fp32"))
-        session = ort_session(proto.SerializeToString(), plugin_library.ort_library())
+        fused_run = _no_grad(fused)
+        model_bytes = retarget(export_onnx(model, config),
+                               passes_for("onnxruntime", "plugin", "fp32")).SerializeToString()
+        session = ort_session(model_bytes, plugin_library.ort_library())
 
         def onnxruntime(**inputs: torch.Tensor) -> torch.Tensor:
             return _ort_run(session, inputs)
+
+        def onnxruntime_shares(inputs: dict[str, torch.Tensor]) -> Shares:
+            return time_breakdown.onnxruntime_shares(
+                lambda prefix: ort_session(model_bytes, plugin_library.ort_library(), profile_prefix=prefix),
+                {name: value.numpy() for name, value in inputs.items()})
         bound = MAX_NORM_ERROR[torch.float32]
-        return {"onnxruntime (our op)": (onnxruntime, torch.float32, bound),
-                "torch + our op": (_no_grad(fused), torch.float32, bound)}
+        return {"onnxruntime (our op)": Variant(onnxruntime, torch.float32, bound, onnxruntime_shares),
+                "torch + our op": Variant(fused_run, torch.float32, bound,
+                                          lambda inputs: time_breakdown.torch_shares(lambda: fused_run(**inputs)))}
     half_example = {k: (v.half() if v.is_floating_point() else v) for k, v in example.items()}
     missing = tensorrt_missing()
-    return {"eager fp16": (_no_grad(copy.deepcopy(model).half()), torch.float16, BASELINE_FP16_MAX_ERROR),
-            "our op fp16 + CUDA graph": (_graphed(fused.half(), half_example), torch.float16,
-                                         MAX_NORM_ERROR[torch.float16]),
-            "tensorrt fp16": missing or (_tensorrt_model(case), torch.float16, MAX_NORM_ERROR[torch.float16])}
+    return {"eager fp16": Variant(_no_grad(copy.deepcopy(model).half()), torch.float16, BASELINE_FP16_MAX_ERROR),
+            "our op fp16 + CUDA graph": Variant(_graphed(fused.half(), half_example), torch.float16,
+                                                MAX_NORM_ERROR[torch.float16]),
+            "tensorrt fp16": missing or Variant(_tensorrt_model(case), torch.float16, MAX_NORM_ERROR[torch.float16])}
 
 
 def _graphed(fn: Callable[..., torch.Tensor], example: dict[str, torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -608,13 +634,15 @@ def bench_model(case: ModelCase, repeats: int = 3, warmup: int = 1, device: str 
             result.skipped[name] = variant
             log.info("%s batch %d: %s skipped: %s", case.model, case.batch, name, variant)
             continue
-        run, dtype, bound = variant
-        typed = [{k: (v.to(dtype) if v.is_floating_point() else v) for k, v in feeds.items()} for feeds in sets]
-        error = error_stats("output", run(**typed[0]).double().cpu().numpy(), expected).norm_rel
-        if not error <= bound:
+        typed = [{k: (v.to(variant.dtype) if v.is_floating_point() else v) for k, v in feeds.items()}
+                 for feeds in sets]
+        error = error_stats("output", variant.run(**typed[0]).double().cpu().numpy(), expected).norm_rel
+        if not error <= variant.bound:
             raise RuntimeError(f"{case.model}: {name} disagrees with eager float32 (normwise error {error:.2e})")
         result.errors[name] = error
-        result.seconds[name] = _median_seconds(lambda feeds: run(**feeds), typed, repeats, warmup, device)
+        result.seconds[name] = _median_seconds(lambda feeds: variant.run(**feeds), typed, repeats, warmup, device)
+        if variant.shares is not None:
+            result.shares[name] = variant.shares(typed[0])
         log.info("%s batch %d: eager fp32 %.4f s, %s %.4f s", case.model, case.batch, result.seconds["eager fp32"],
                  name, result.seconds[name])
     return result
@@ -632,3 +660,16 @@ def models_markdown(results: list[ModelResult]) -> str:
             rows.append(f"{head} {name} | {seconds * 1e3:.2f} | {base / seconds:.1f}x | {error} |")
         rows += [f"{head} {name} | skipped: {why} | | |" for name, why in r.skipped.items()]
     return "\n".join(rows)
+
+
+def breakdown_markdown(results: list[ModelResult]) -> str:
+    """Where each profiled variant's median goes: ms and share per time_breakdown category; "" if none was."""
+    categories = time_breakdown.CATEGORIES
+    rows = [f"| model | batch | seq | variant | median ms | {' | '.join(categories)} |",
+            "|---|---|---|---|---|" + "---|" * len(categories)]
+    for r in results:
+        for name, shares in r.shares.items():
+            ms = r.seconds[name] * 1e3
+            cells = " | ".join(f"{ms * shares[c]:.2f} ({shares[c]:.0%})" for c in categories)
+            rows.append(f"| {r.case.model} | {r.case.batch} | {r.case.seq or '-'} | {name} | {ms:.2f} | {cells} |")
+    return "\n".join(rows) if len(rows) > 2 else ""

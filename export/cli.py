@@ -298,15 +298,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Time the op's implementations on a device; print the table, write JSON, Markdown and a plot with --out."""
     from dataclasses import replace
 
-    from export.bench import (MODEL_CASES, bench, bench_model, check_device, machine, markdown, models_markdown,
-                              roofline, write_report)
+    from export.bench import (MODEL_CASES, bench, bench_model, breakdown_markdown, check_device, machine, markdown,
+                              models_markdown, roofline, write_report)
 
     if args.artifact is not None:
         return _bench_artifact(args)
     _refuse((("--batch", args.batch), ("--seq", args.seq), ("--json", args.json), ("--checkpoint", args.checkpoint)),
             "applies to timing an artifact (bench DIR) only")
     args.device = args.device or "cpu"
-    repeats, warmup = args.repeats if args.repeats is not None else 5, args.warmup if args.warmup is not None else 1
     check_device(args.device)
     if args.out:
         from export.artifact import check_creatable
@@ -314,12 +313,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         check_creatable(args.out / "bench.json", "the report")  # before the timing, not after it
     print(", ".join(f"{k} {v}" for k, v in machine(args.device).items()))
     if args.models:
-        table = models_markdown([bench_model(case, device=args.device) for case in MODEL_CASES])
+        repeats, warmup = 3 if args.repeats is None else args.repeats, 1 if args.warmup is None else args.warmup
+        results = [bench_model(case, repeats, warmup, args.device) for case in MODEL_CASES]
+        table = models_markdown(results)
+        if breakdown := breakdown_markdown(results):
+            table += ("\n\nWhere the time goes (shares from each runtime's profiler, applied to the median):\n\n"
+                      + breakdown)
         print(table)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "bench-models.md").write_text(table + "\n")
         return EXIT_OK
+    repeats, warmup = args.repeats if args.repeats is not None else 5, args.warmup if args.warmup is not None else 1
     sizes = args.sizes or [_shape(f"{DEFAULT_BENCH_BATCH[args.device]},{n},64") for n in (256, 1024, 4096, 16384)]
     shapes = [replace(shape, causal=causal) for shape in sizes for causal in sorted({False, args.causal})]
     results = bench(shapes, repeats, warmup, args.device)
@@ -571,7 +576,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="model level instead: DeiT-tiny batch 1 and 64, lm-small context 256; eager float32 vs "
                         "our op (cpu: ONNX Runtime and PyTorch; cuda: float16 with a CUDA graph, and a float16 "
                         "TensorRT engine)")
-    p.add_argument("--repeats", type=_integer(1), help="timed runs per implementation (default 5; with DIR 50)")
+    p.add_argument("--repeats", type=_integer(1), help="timed runs per implementation (default 5; with --models 3; with DIR 50)")
     p.add_argument("--warmup", type=_integer(0), help="untimed runs first (default 1; with DIR 5)")
     p.add_argument("--out", type=Path, help="also write DIR/bench.json, bench.md and bench.png")
     p.set_defaults(func=cmd_bench)

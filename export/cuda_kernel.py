@@ -68,7 +68,7 @@ def fourier_attention_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, R:
 
     Any strides with a contiguous last dim; returns a contiguous tensor of q's dtype, enqueued on the current
     stream. Raises ValueError for bad tensors, RuntimeError with the C message for bad attributes (e.g. odd
-    power, D > 256) or a CUDA launch error.
+    power, D > opspec.CUDA_MAX_DIM) or a CUDA launch error.
     """
     if not (q.is_cuda and k.is_cuda and v.is_cuda) or not q.device == k.device == v.device:
         raise ValueError("FourierAttention (CUDA): q, k and v must be CUDA tensors on one device")

@@ -191,7 +191,7 @@ def cuda_emulator_library() -> Path:
 
 
 def trt_plugin_library() -> Path:
-    """The TensorRT plugin library (exports getCreators)."""
+    """The TensorRT plugin library (exports getCreators and setLoggerFinder)."""
     return _library(TRT_PLUGIN_NAME, NO_CUDA)
 
 

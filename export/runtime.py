@@ -35,11 +35,16 @@ def _onnxruntime():
     return onnxruntime
 
 
-def ort_session(onnx_path: Path | bytes, library: Path | None, threads: int = 0) -> ort.InferenceSession:
-    """A CPU InferenceSession for ``onnx_path`` (a file or serialized model), with ``library`` registered if given."""
+def ort_session(onnx_path: Path | bytes, library: Path | None, threads: int = 0,
+                profile_prefix: Path | None = None) -> ort.InferenceSession:
+    """A CPU InferenceSession for ``onnx_path`` (a file or serialized model), with ``library`` registered if given;
+    with ``profile_prefix``, ONNX Runtime's profiler writes its trace to a file starting with that path."""
     ort = _onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     options.log_severity_level = 4  # errors reach the user through the exception, in one line
     if library is not None:
         if not library.is_file():

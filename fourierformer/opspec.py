@@ -33,6 +33,8 @@ PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = ""
 TORCH_OP = f"{DOMAIN}::fourier_attention"
 """The PyTorch custom op on our kernels (export/torch_op.py): (q, k, v, R, power, eps, causal) -> out."""
+CUDA_MAX_DIM = 256
+"""Largest head dim D (last axis of q, k, v) of the CUDA kernel, hence of the TensorRT plugin (FF_CUDA_MAX_DIM)."""
 
 INPUTS = ("q", "k", "v", "R")
 """Portable node inputs: q[B,H,Nq,D], k[B,H,Nk,D], v[B,H,Nk,D], scalar R."""

@@ -109,9 +109,11 @@ run_tests() {  # the emulator cases need their own library: only the GPU cases r
     --junitxml="$LOGS/test_cuda_kernel.xml"
 }
 
-bench_ops() {  # the target shape B=4,H=8,N=1024,D=64, an N sweep and a D sweep, causal and not
+bench_ops() {  # the target shape B=4,H=8,N=1024,D=64, an N sweep, a D sweep and the paper's models' attention
+  # (lm-small 1,8,256,16, lm-medium 1,8,384,32, deit-tiny 1,3,197,64), causal and not
   py -m export bench --device cuda --causal --repeats 20 --warmup 3 --out "$LOGS/bench-cuda" --sizes \
-    4,8,256,64 4,8,1024,64 4,8,4096,64 4,8,16384,64 4,8,1024,16 4,8,1024,32 4,8,1024,128
+    4,8,256,64 4,8,1024,64 4,8,4096,64 4,8,16384,64 4,8,1024,16 4,8,1024,32 4,8,1024,128 \
+    1,8,256,16 1,8,384,32 1,3,197,64
 }
 
 bench_baseline() {  # the earlier kernel through the same Python and benchmark code
@@ -140,5 +142,7 @@ if [ -f "$BUILD_DIR/libfourierformer_cuda.so" ]; then
   if [ -n "${BASELINE_SOURCES:-}" ]; then step bench_baseline bench_baseline; fi
   step bench_models bench_models
 fi
+echo "=== summary" | tee -a "$SUMMARY"
+"$PYTHON" scripts/gpu_summary.py "$LOGS" | tee -a "$SUMMARY"
 say "=== gpu_checks: $([ "$FAILED" -eq 0 ] && echo ALL OK || echo SOME STEP FAILED); logs in $LOGS"
 exit "$FAILED"

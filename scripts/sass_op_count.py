@@ -2,7 +2,8 @@
 """Count the instructions the CUDA kernel issues per pair-dim, from its SASS (no GPU needed).
 
 Compiles plugins/cuda/fourier_attention_cuda.cu for one architecture (default sm_90), disassembles the cubin with
-nvdisasm, and analyses the phase-1 chunk loop of one attention kernel instance (default: dim bucket 64, R folded),
+nvdisasm, and analyses the phase-1 chunk loop of attention kernel instances (default: dim bucket 64, 64-query tile,
+R folded; --instance may be repeated),
 the loop that stages one chunk of the sin/cos table and computes 16 dims x a 4 x 4 micro-tile = 256 pair-dims per
 thread per iteration. Its code runs once per iteration; loops nested in it (none in the current kernel) are rare
 paths, listed and left out. The loop around it (the division and log of the products) runs once per
@@ -77,17 +78,8 @@ def histogram(ops: list[str], indices: set[int]) -> collections.Counter:
     return collections.Counter(ops[i].split(".")[0] for i in indices)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="sm_90")
-    parser.add_argument("--instance", default="fourier_attention_kernelILi64ELb1E",
-                        help="substring of the mangled kernel name (default: dim bucket 64, R folded)")
-    parser.add_argument("--nvdisasm", default=shutil.which("nvdisasm"), help="path to nvdisasm")
-    parser.add_argument("--nvcc", default=shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc")
-    args = parser.parse_args()
-    if not args.nvdisasm:
-        sys.exit("nvdisasm not found: pass --nvdisasm (see this script's --help)")
-    code, labels = instructions(disassemble(args.arch, args.nvdisasm, args.nvcc), args.instance)
+def report(arch: str, instance: str, code: list[tuple[str, str]], labels: dict[str, int]) -> None:
+    """Prints the per-pair-dim counts of one kernel instance."""
     found = loops(code, labels)
     ops = [op for op, _ in code]
     chunk = max(found, key=lambda r: own_multiplies(ops, r, found))
@@ -104,14 +96,33 @@ def main() -> int:
     pv_per = (pv[1] - pv[0] + 1) / sum(op.startswith("FFMA") for op in ops[pv[0]:pv[1] + 1])
     per_chunk = sum(phase1.values()) / PAIR_DIMS_PER_ITERATION
     per_around = sum(per_log.values()) / (PAIR_DIMS_PER_ITERATION * chunks_per_log)
-    print(f"{args.arch} {args.instance}: chunk loop {chunk} (rare paths left out: {rare}), around it {outer} "
+    print(f"{arch} {instance}: chunk loop {chunk} (rare paths left out: {rare}), around it {outer} "
           f"(once per {chunks_per_log} chunks), P V loop {pv}")
     print(f"per pair-dim: chunk loop (staging, pair-dim block, control) {per_chunk:.2f}, around it (division, log, "
           f"control) {per_around:.2f}, P V {pv_per:.2f}; total {per_chunk + per_around + pv_per:.2f} "
           "thread instructions")
+    local = [i for i, op in enumerate(ops) if op.startswith(("LDL", "STL"))]
+    print(f"local-memory instructions: chunk loop {sum(i in body for i in local)}, around it "
+          f"{sum(i in around for i in local)}, whole kernel {len(local)}")
     print("chunk loop by opcode (per pair-dim):")
     for op, n in phase1.most_common(16):
         print(f"  {op:8s} {n / PAIR_DIMS_PER_ITERATION:6.2f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="sm_90")
+    parser.add_argument("--instance", action="append",
+                        help="substring of the mangled kernel name, repeatable (default: "
+                             "fourier_attention_kernelILi64ELi64ELb1E: dim bucket 64, 64-query tile, R folded)")
+    parser.add_argument("--nvdisasm", default=shutil.which("nvdisasm"), help="path to nvdisasm")
+    parser.add_argument("--nvcc", default=shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc")
+    args = parser.parse_args()
+    if not args.nvdisasm:
+        sys.exit("nvdisasm not found: pass --nvdisasm (see this script's --help)")
+    sass = disassemble(args.arch, args.nvdisasm, args.nvcc)
+    for instance in args.instance or ["fourier_attention_kernelILi64ELi64ELb1E"]:
+        report(args.arch, instance, *instructions(sass, instance))
     return 0
 
 

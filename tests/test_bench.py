@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-from export import bench, plugin_library, tensorrt_backend
+from export import bench, plugin_library, tensorrt_backend, time_breakdown
 from export.cli import EXIT_OK, main
 
 
@@ -97,6 +97,23 @@ def test_model_level_bench_checks_and_times_every_variant(ort_library):
     assert set(result.errors) == {"onnxruntime (our op)", "torch + our op"}
     assert all(e <= bench.MAX_NORM_ERROR[torch.float32] for e in result.errors.values())
     assert "| tiny-vit | 2 | - | cpu | torch + our op |" in bench.models_markdown([result])
+    assert set(result.shares) == {"onnxruntime (our op)", "torch + our op"}
+    for shares in result.shares.values():
+        assert tuple(shares) == time_breakdown.CATEGORIES and sum(shares.values()) == pytest.approx(1)
+        assert shares["attention op"] > 0 and shares["matrix products"] > 0
+    assert "| tiny-vit | 2 | - | onnxruntime (our op) |" in bench.breakdown_markdown([result])
+
+
+def test_onnxruntime_breakdown_leaves_out_the_warm_up_run(tmp_path):
+    """Node times count only inside the runs kept, by op type: our op, the matrix products, the rest not at all."""
+    def node(op: str, ts: int, dur: int) -> dict:
+        return {"cat": "Node", "name": f"n_{op}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+    trace = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 100}, node("FourierAttention", 10, 50),
+             {"cat": "Session", "name": "model_run", "ts": 200, "dur": 40}, node("FourierAttention", 205, 20),
+             node("MatMul", 226, 5), node("Gemm", 231, 4), node("Add", 236, 2),
+             {"cat": "Node", "name": "n_MatMul_fence_before", "ts": 226, "dur": 3, "args": {"op_name": "MatMul"}}]
+    (tmp_path / "trace.json").write_text(json.dumps(trace))
+    assert time_breakdown.onnxruntime_node_seconds(tmp_path / "trace.json") == pytest.approx((20e-6, 9e-6, 40e-6))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the CUDA bench would run")
@@ -116,3 +133,25 @@ def test_cpu_roofline_counts_match_the_disassembly():
     for path, (fma, other) in bench.CPU_OPS_PER_PAIR_DIM.items():
         assert counted[path]["fma_per_pair_dim"] == pytest.approx(fma, rel=0.15), path
         assert counted[path]["other_per_pair_dim"] == pytest.approx(other, rel=0.15), path
+
+
+def test_gpu_summary_reads_what_gpu_checks_writes(tmp_path):
+    """scripts/gpu_summary.py: parity per dtype beside its bound, per-shape rates and like-for-like speedups."""
+    lm, deit = bench.Shape(1, 8, 256, 16, causal=True), bench.Shape(1, 3, 197, 64)
+    results = [bench.Result("eager-fp32", lm, 4e-3, 1e-7),
+               bench.Result("cuda-op-fp32", lm, 1e-4, 2e-7, error_bound=1e-5),
+               bench.Result("eager-fp16", lm, 2e-3, 1e-2),
+               bench.Result("cuda-op-fp16", lm, 5e-5, 3e-4, error_bound=2e-3),
+               bench.Result("cuda-op-fp32", deit, 2e-4, 4e-7, error_bound=1e-5),
+               bench.Result("cuda-op-fp16", deit, skipped="needs ~9.0 GiB")]
+    (tmp_path / "bench-cuda").mkdir()
+    (tmp_path / "bench-cuda" / "bench.json").write_text(json.dumps({"results": bench.records(results)}))
+    (tmp_path / "tensorrt.log").write_text("TensorRT on this machine: no python tensorrt; no libnvinfer in ldconfig\n")
+    script = Path(__file__).parents[1] / "scripts" / "gpu_summary.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    assert "GPU tests: no report (test_cuda_kernel.xml missing)" in out
+    assert "parity float32: worst normwise error 4.0e-07 (bound 1e-05) over 2 shapes, 0 skipped" in out
+    assert "parity float16: worst normwise error 3.0e-04 (bound 2e-03) over 1 shapes, 1 skipped" in out
+    assert f"| 1,8,256,16 | yes | {lm.pair_dims / 1e-4:.2e} | 40.0x | {lm.pair_dims / 5e-5:.2e} | 40.0x |" in out
+    assert "| 1,3,197,64 | no | " in out and "skipped: needs ~9.0 GiB" in out
+    assert out.rstrip().endswith("no libnvinfer in ldconfig")

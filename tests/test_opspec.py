@@ -50,6 +50,12 @@ def test_header_power_range_matches_spec():
     assert not opspec.POWER.is_valid(low - 2) and not opspec.POWER.is_valid(high + 2)
 
 
+def test_header_cuda_max_dim_matches_spec_and_kernel():
+    assert int(_header_constants()["kCudaMaxDim"]) == opspec.CUDA_MAX_DIM
+    kernel_header = (SPEC_HEADER.parents[1] / "cuda" / "fourier_attention_cuda.h").read_text()
+    assert re.search(r"^#define FF_CUDA_MAX_DIM (\d+)$", kernel_header, re.M).group(1) == str(opspec.CUDA_MAX_DIM)
+
+
 def test_defaults_are_valid_and_filled():
     assert opspec.check_attributes({}) == {a.name: a.default for a in opspec.ATTRIBUTES}
 

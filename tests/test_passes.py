@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from export.builder import passes_for, retarget
+from export.errors import UserError
 from export.onnx_export import export_onnx
 from export.op_model import IR_VERSION, portable_op_model
 from export.passes import cleanup, decompose, to_fp16, to_onnxruntime, to_tensorrt
@@ -129,6 +130,34 @@ def test_to_tensorrt_names_the_plugin(lm_export):
         assert node.attrs["plugin_namespace"] == opspec.PLUGIN_NAMESPACE
         assert set(node.attrs) == {a.name for a in opspec.ATTRIBUTES} | {"plugin_version", "plugin_namespace"}
     assert sorted(n.attrs["R"] for n in nodes) == pytest.approx(sorted(r_values))
+
+
+def _portable_node_graph(d: int | str) -> gs.Graph:
+    """One portable FourierAttention node "fa" on q, k, v of head dim ``d`` (a size or a symbol)."""
+    q, k, v = (gs.Variable(n, np.float32, ["B", 2, "N", d]) for n in ("q", "k", "v"))
+    out = gs.Variable("out", np.float32, ["B", 2, "N", d])
+    node = gs.Node(opspec.OP_TYPE, "fa", {"power": 4, "eps": 1e-6, "causal": 0},
+                   [q, k, v, gs.Constant("R", np.array(1.0, np.float32))], [out], domain=opspec.DOMAIN)
+    return gs.Graph([node], [q, k, v], [out], opset=18)
+
+
+def test_to_tensorrt_refuses_a_head_dim_above_the_kernel_maximum():
+    with pytest.raises(UserError) as caught:
+        to_tensorrt(_portable_node_graph(opspec.CUDA_MAX_DIM + 1))
+    message = str(caught.value)
+    assert "\n" not in message and "'fa'" in message
+    assert f"D={opspec.CUDA_MAX_DIM + 1}" in message and f"above {opspec.CUDA_MAX_DIM}" in message
+
+
+@pytest.mark.parametrize("d", [opspec.CUDA_MAX_DIM, "D"], ids=["max", "symbolic"])
+def test_to_tensorrt_accepts_the_maximum_and_symbolic_head_dims(d):
+    [node] = [n for n in to_tensorrt(_portable_node_graph(d)).nodes if n.op == opspec.OP_TYPE]
+    assert node.domain == opspec.TENSORRT_DOMAIN
+
+
+def test_only_the_tensorrt_plugin_has_the_head_dim_limit():
+    [node] = to_onnxruntime(_portable_node_graph(opspec.CUDA_MAX_DIM + 1)).nodes
+    assert node.domain == opspec.ORT_DOMAIN
 
 
 @pytest.mark.parametrize("nq, nk, d, R, power, causal", [

@@ -29,7 +29,11 @@ from fourierformer import opspec
 
 NO_GPU_REASON = "needs an NVIDIA GPU (no CUDA device on this machine)"
 EXIT_NO_DEVICE = 77
-EXPORTED = {"getCreators", "ff_trt_plugin_tensorrt_version"}
+EXPORTED = {"getCreators", "setLoggerFinder", "ff_trt_plugin_tensorrt_version"}
+PLUGIN_LINE = "FourierAttention TensorRT plugin: "
+"""How the plugin's messages begin, on stderr or through TensorRT's logger."""
+FAKE_TENSORRT = 'extern "C" int getInferLibVersion() noexcept {{ return {version}; }}\n'
+"""A stand-in for TensorRT's runtime library, as far as the plugin looks at it."""
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +58,42 @@ def run_harness(built, fields: list[str], *extra: str) -> tuple[int, dict, str]:
 
 def failed_checks(report: dict) -> list[dict]:
     return [c for c in report["checks"] if not c["ok"]]
+
+
+def plugin_lines(stderr: str) -> list[str]:
+    """The plugin's own messages on stderr (the harness' lines left out)."""
+    return [line for line in stderr.splitlines() if line.startswith(PLUGIN_LINE)]
+
+
+def dim_refusals(lines: list[str]) -> list[str]:
+    """The messages refusing head dim CUDA_MAX_DIM + 1."""
+    above = f"D={opspec.CUDA_MAX_DIM + 1} (last axis of q, k, v) is above {opspec.CUDA_MAX_DIM}, the most"
+    return [line for line in lines if above in line]
+
+
+@pytest.fixture(scope="module")
+def headers_major(built) -> int:
+    """The major version of the TensorRT headers the plugin was built against."""
+    _, report, _ = run_harness(built, [])
+    return int(report["plugin_built_for"].split(".")[0])
+
+
+@pytest.fixture(scope="module")
+def fake_tensorrt(tmp_path_factory):
+    """make(soname, version): a shared library with that soname whose getInferLibVersion returns version."""
+    compiler = shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no C++ compiler (c++) to build a stand-in TensorRT library")
+    folder = tmp_path_factory.mktemp("fake-tensorrt")
+
+    def make(soname: str, version: int) -> Path:
+        out = folder / f"{version}" / soname
+        out.parent.mkdir(exist_ok=True)
+        subprocess.run([compiler, "-x", "c++", "-shared", "-fPIC", f"-Wl,-soname,{soname}", "-o", str(out), "-"],
+                       input=FAKE_TENSORRT.format(version=version), text=True, capture_output=True, check=True)
+        return out
+
+    return make
 
 
 # ---- TensorRT's ONNX parser, as far as plugin nodes go ------------------------------------------------
@@ -168,6 +208,45 @@ def test_bad_fields_are_rejected(built, fields):
     code, report, err = run_harness(built, fields, "--expect-reject")
     assert code == 0 and report["created"] is False, (report, err)
     assert "FourierAttention TensorRT plugin" in err  # the reason went to stderr
+
+
+def test_head_dim_above_the_kernel_maximum_is_refused(built):
+    code, report, err = run_harness(built, [])
+    assert code == 0, (failed_checks(report), err)
+    checks = {c["name"]: c["ok"] for c in report["checks"]}
+    assert checks["head_dim_max_accepted"] and checks["head_dim_above_max_refused"]
+    # No TensorRT in the process: configurePlugin (D, then the profile's largest D) and onShapeChange say why on stderr.
+    refusals = dim_refusals(plugin_lines(err))
+    assert [line.split(": ")[1] for line in refusals] == ["configurePlugin", "configurePlugin", "onShapeChange"]
+    assert report["logged"] == []
+
+
+def test_messages_go_through_the_tensorrt_logger_when_majors_match(built, headers_major, fake_tensorrt):
+    library = fake_tensorrt(f"libnvinfer.so.{headers_major}", headers_major * 10000 + 1401)
+    code, report, err = run_harness(built, [], "--tensorrt-library", str(library))
+    assert code == 0 and not failed_checks(report), (failed_checks(report), err)
+    logged = [m["text"] for m in report["logged"]]
+    assert len(dim_refusals(logged)) == 3 and {m["severity"] for m in report["logged"]} == {1}  # kERROR
+    assert all(text.startswith(PLUGIN_LINE) for text in logged)
+    assert not plugin_lines(err)  # nothing bypassed the logger
+
+
+@pytest.mark.parametrize("soname_major, version_major", [(0, 1), (1, 1)], ids=["same-soname", "next-major"])
+def test_tensorrt_logger_is_not_used_across_majors(built, headers_major, fake_tensorrt, soname_major, version_major):
+    """A loaded TensorRT of another major (by its getInferLibVersion, or its soname) hands out loggers of
+    another ABI: the plugin must not call them, and writes its messages on stderr."""
+    library = fake_tensorrt(f"libnvinfer.so.{headers_major + soname_major}", (headers_major + version_major) * 10000)
+    code, report, err = run_harness(built, [], "--tensorrt-library", str(library))
+    assert code == 0 and not failed_checks(report), (failed_checks(report), err)
+    assert report["tensorrt_runtime"] == (headers_major + version_major) * 10000
+    assert report["logged"] == [] and len(dim_refusals(plugin_lines(err))) == 3
+
+
+def test_metadata_string_describes_the_plugin(built):
+    code, report, err = run_harness(built, field_args(dict(R=0.25, power=8, eps=1e-5, causal=1)))
+    assert code == 0 and not failed_checks(report), (failed_checks(report), err)
+    assert report["metadata"] == (f"FourierAttention v1 R=0.25 power=8 eps=1e-05 causal=1 "
+                                  f"max_dim={opspec.CUDA_MAX_DIM} tensorrt={report['plugin_built_for']}")
 
 
 def test_bad_fields_fail_the_normal_run(built):

@@ -49,6 +49,10 @@ constexpr char kAttrTypeCausal[] = "INT";
 constexpr int64_t kMinPower = 2;
 constexpr int64_t kMaxPower = 64;
 
+// Largest head dim D of the CUDA kernel (FF_CUDA_MAX_DIM in ../cuda/fourier_attention_cuda.h, which the TensorRT
+// plugin static_asserts equal): the TensorRT plugin and the to_tensorrt pass refuse a larger one.
+constexpr int64_t kCudaMaxDim = 256;
+
 }  // namespace spec
 }  // namespace fourierformer
 

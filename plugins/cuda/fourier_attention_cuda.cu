@@ -1,10 +1,21 @@
-// FourierAttention CUDA kernel: the C launcher (fourier_attention_cuda.h) around the kernel of
+// FourierAttention CUDA kernel: the C launcher (fourier_attention_cuda.h) around the kernels of
 // fourier_attention_kernel.cuh.
 #include "fourier_attention_cuda.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_pipeline_primitives.h>
 #include <cuda_runtime.h>
+
+#include <atomic>
+
+namespace ff_cuda {
+// The running block's dynamic shared memory (the emulator defines its own).
+__device__ __forceinline__ float* shared_memory() {
+  extern __shared__ float4 ff_dynamic_shared[];
+  return reinterpret_cast<float*>(ff_dynamic_shared);
+}
+}  // namespace ff_cuda
 
 #include "fourier_attention_kernel.cuh"
 
@@ -12,13 +23,33 @@
 
 namespace {
 
-// Launches a kernel on a stream; returns NULL or the launch's CUDA error.
+constexpr int kCachedDevices = 64;
+std::atomic<int> g_sm_count[kCachedDevices];  // 0: not queried yet
+
+const char* error_of(cudaError_t err) { return err == cudaSuccess ? nullptr : cudaGetErrorString(err); }
+
+// Launches kernels on a stream; returns NULL or the CUDA error.
 struct StreamRunner {
   cudaStream_t stream;
-  const char* launch(ff_cuda::Kernel kernel, unsigned grid, const ff_cuda::Args& args) {
-    kernel<<<grid, ff_cuda::kThreads, 0, stream>>>(args);
-    const cudaError_t err = cudaGetLastError();
-    return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+
+  // The current device's SM count (cached per device).
+  const char* sm_count(int* sms) {
+    int device = 0;
+    if (const char* err = error_of(cudaGetDevice(&device))) return err;
+    if (device < kCachedDevices && (*sms = g_sm_count[device].load(std::memory_order_relaxed)) > 0) return nullptr;
+    if (const char* err = error_of(cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device))) return err;
+    if (device < kCachedDevices) g_sm_count[device].store(*sms, std::memory_order_relaxed);
+    return nullptr;
+  }
+
+  const char* launch(ff_cuda::Kernel kernel, unsigned grid, unsigned threads, size_t smem, const ff_cuda::Args& args) {
+    if (smem > 48 * 1024) {  // above the default limit of dynamic shared memory
+      const cudaError_t err =
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      if (err != cudaSuccess) return cudaGetErrorString(err);
+    }
+    kernel<<<grid, threads, smem, stream>>>(args);
+    return error_of(cudaGetLastError());
   }
 };
 

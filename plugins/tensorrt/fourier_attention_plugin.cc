@@ -2,11 +2,15 @@
 #include "fourier_attention_plugin.h"
 
 #include <NvInferVersion.h>
+#include <dlfcn.h>
 
+#include <atomic>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <new>
 
 #include "fourier_attention_cuda.h"
@@ -34,13 +38,61 @@ static_assert(StrEqual(kTensorRTVersion, FF_TENSORRT_HEADERS_VERSION),
               "NvInferVersion.h disagrees with the version CMake read from it (FF_TENSORRT_HEADERS_VERSION)");
 #endif
 static_assert(NV_TENSORRT_MAJOR >= 10, "the FourierAttention plugin needs TensorRT >= 10 headers (IPluginV3)");
+static_assert(spec::kCudaMaxDim == FF_CUDA_MAX_DIM, "spec::kCudaMaxDim must equal the CUDA kernel's FF_CUDA_MAX_DIM");
 
 constexpr int32_t kNbInputs = 3;  // q, k, v
 constexpr int32_t kNbOutputs = 1;
 
+// The finder TensorRT gave setLoggerFinder, kept only when TensorRTMatchesHeaders() held then.
+std::atomic<nvinfer1::ILoggerFinder*> g_logger_finder{nullptr};
+
+// Whether the TensorRT in this process has our headers' major version, so that its loggers have the ILogger
+// ABI we were compiled against (it changes across majors, the plugin ABI does not): one of its libraries of
+// that major is loaded (found by soname; nothing is loaded) and its getInferLibVersion agrees.
+bool TensorRTMatchesHeaders() noexcept {
+  constexpr const char* kLibraries[] = {"libnvinfer.so." FF_TRT_STR(NV_TENSORRT_MAJOR),
+                                        "libnvinfer_lean.so." FF_TRT_STR(NV_TENSORRT_MAJOR),
+                                        "libnvinfer_dispatch.so." FF_TRT_STR(NV_TENSORRT_MAJOR)};
+  for (const char* name : kLibraries) {
+    const std::unique_ptr<void, int (*)(void*)> lib(dlopen(name, RTLD_LAZY | RTLD_NOLOAD), &dlclose);
+    if (lib == nullptr) continue;
+    const auto version = reinterpret_cast<int32_t (*)()>(dlsym(lib.get(), "getInferLibVersion"));
+    if (version != nullptr && version() / 10000 == NV_TENSORRT_MAJOR) return true;  // (major*100+minor)*100+patch
+  }
+  return false;
+}
+
+// An error, through TensorRT's logger when we may use it, else on stderr.
 void ReportError(const char* what) noexcept {
-  // TensorRT's logger finder is deliberately not used: its ABI changed between major versions.
-  std::fprintf(stderr, "%s TensorRT plugin: %s\n", spec::kOpType, what);
+  nvinfer1::ILoggerFinder* finder = g_logger_finder.load(std::memory_order_acquire);
+  nvinfer1::ILogger* logger = finder != nullptr ? finder->findLogger() : nullptr;
+  char line[1024];
+  std::snprintf(line, sizeof(line), "%s TensorRT plugin: %s", spec::kOpType, what);
+  if (logger != nullptr) {
+    logger->log(nvinfer1::ILogger::Severity::kERROR, line);
+  } else {
+    std::fprintf(stderr, "%s\n", line);
+  }
+}
+
+// Whether the CUDA kernel runs head dim `dim` (unknown, i.e. negative, passes); else reports why.
+bool DimSupported(const char* where, const char* which, int64_t dim) noexcept {
+  if (dim <= spec::kCudaMaxDim) return true;
+  char why[256];
+  std::snprintf(why, sizeof(why),
+                "%s: %s D=%lld (last axis of q, k, v) is above %lld, the most the CUDA kernel supports", where, which,
+                static_cast<long long>(dim), static_cast<long long>(spec::kCudaMaxDim));
+  ReportError(why);
+  return false;
+}
+
+// getMetadataString's text (see the header) into out[size]; floats in their shortest round-trip form.
+void FormatMetadata(const Attributes& a, char* out, size_t size) noexcept {
+  char r[32], eps[32];
+  *std::to_chars(r, r + sizeof(r) - 1, a.R).ptr = '\0';
+  *std::to_chars(eps, eps + sizeof(eps) - 1, a.eps).ptr = '\0';
+  std::snprintf(out, size, "%s v%s R=%s power=%d eps=%s causal=%d max_dim=%lld tensorrt=%s", spec::kOpType,
+                kPluginVersion, r, a.power, eps, a.causal, static_cast<long long>(spec::kCudaMaxDim), kTensorRTVersion);
 }
 
 bool ReadFloat(const PluginField& f, float* out) {
@@ -191,6 +243,7 @@ FourierAttentionPlugin::FourierAttentionPlugin(const Attributes& attrs) : attrs_
   fields_[3] = PluginField(spec::kAttrCausal, &attrs_.causal, PluginFieldType::kINT32, 1);
   fc_.nbFields = spec::kNumAttributes;
   fc_.fields = fields_;
+  FormatMetadata(attrs_, metadata_, sizeof(metadata_));
 }
 
 nvinfer1::IPluginCapability* FourierAttentionPlugin::getCapabilityInterface(
@@ -219,7 +272,11 @@ int32_t FourierAttentionPlugin::configurePlugin(const nvinfer1::DynamicPluginTen
     return -1;
   }
   ff_params p;
-  return CheckedParams(attrs_, in[0].desc.dims, in[1].desc.dims, in[2].desc.dims, /*allow_unknown=*/true, &p) ? 0 : -1;
+  if (!CheckedParams(attrs_, in[0].desc.dims, in[1].desc.dims, in[2].desc.dims, /*allow_unknown=*/true, &p)) return -1;
+  const nvinfer1::Dims& most = in[0].max;  // the optimization profile's largest q
+  const bool ok = DimSupported("configurePlugin", "head dim", p.dim) &&
+                  DimSupported("configurePlugin", "the profile's largest head dim", most.nbDims == 4 ? most.d[3] : -1);
+  return ok ? 0 : -1;
 }
 
 int32_t FourierAttentionPlugin::getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
@@ -270,6 +327,8 @@ size_t FourierAttentionPlugin::getWorkspaceSize(const nvinfer1::DynamicPluginTen
   return ff_cuda_workspace_size(&p);
 }
 
+const char* FourierAttentionPlugin::getMetadataString() noexcept { return metadata_; }
+
 int32_t FourierAttentionPlugin::onShapeChange(const nvinfer1::PluginTensorDesc* in, int32_t nbInputs,
                                               const nvinfer1::PluginTensorDesc* out, int32_t nbOutputs) noexcept {
   if (in == nullptr || out == nullptr || nbInputs != kNbInputs || nbOutputs != kNbOutputs) {
@@ -277,7 +336,9 @@ int32_t FourierAttentionPlugin::onShapeChange(const nvinfer1::PluginTensorDesc* 
     return -1;
   }
   ff_params p;
-  return CheckedParams(attrs_, in[0].dims, in[1].dims, in[2].dims, /*allow_unknown=*/false, &p) ? 0 : -1;
+  const bool ok = CheckedParams(attrs_, in[0].dims, in[1].dims, in[2].dims, /*allow_unknown=*/false, &p) &&
+                  DimSupported("onShapeChange", "head dim", p.dim);
+  return ok ? 0 : -1;
 }
 
 int32_t FourierAttentionPlugin::enqueue(const nvinfer1::PluginTensorDesc* inputDesc,
@@ -370,6 +431,12 @@ extern "C" nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCrea
   static nvinfer1::IPluginCreatorInterface* const creators[] = {&creator};
   nbCreators = static_cast<int32_t>(sizeof(creators) / sizeof(creators[0]));
   return creators;
+}
+
+extern "C" void setLoggerFinder(nvinfer1::ILoggerFinder* finder) {
+  using fourierformer::trt::g_logger_finder;
+  g_logger_finder.store(finder != nullptr && fourierformer::trt::TensorRTMatchesHeaders() ? finder : nullptr,
+                        std::memory_order_release);
 }
 
 extern "C" const char* ff_trt_plugin_tensorrt_version(void) { return fourierformer::trt::kTensorRTVersion; }

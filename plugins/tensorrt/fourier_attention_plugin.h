@@ -10,10 +10,19 @@
 // fallback plugin importer maps FLOAT -> kFLOAT32 and INT -> kINT32, and only passes the attributes
 // named by getFieldNames(); plugin_version / plugin_namespace select the creator and are not fields).
 // Missing fields take the spec defaults; unknown fields, bad types or out-of-range values make
-// createPlugin return nullptr (with a message on stderr). getFieldsToSerialize writes all four fields
-// with the primary types above.
+// createPlugin return nullptr (with a message). getFieldsToSerialize writes all four fields with the
+// primary types above. getMetadataString (engine inspection) gives the fields, the kernel's largest
+// head dim and the TensorRT headers' version, floats in their shortest round-trip form:
+//   FourierAttention v1 R=0.25 power=8 eps=1e-05 causal=1 max_dim=256 tensorrt=10.14.1
 //
-// The library exports only getCreators (TensorRT's plugin-library entry point) and
+// A head dim D (last axis of q, k, v) above spec::kCudaMaxDim, the CUDA kernel's maximum, is refused by
+// configurePlugin (D or the profile's largest D) and onShapeChange, with a message.
+//
+// Messages go to TensorRT's logger when TensorRT gave the library a logger finder (setLoggerFinder) and
+// the TensorRT loaded in the process has the major version of our headers (the logger's ABI changes
+// across majors); otherwise to stderr.
+//
+// The library exports only getCreators and setLoggerFinder (TensorRT's plugin-library entry points) and
 // ff_trt_plugin_tensorrt_version. It links no TensorRT library (the headers only).
 #ifndef FOURIERFORMER_TENSORRT_FOURIER_ATTENTION_PLUGIN_H_
 #define FOURIERFORMER_TENSORRT_FOURIER_ATTENTION_PLUGIN_H_
@@ -77,6 +86,7 @@ class FourierAttentionPlugin final : public nvinfer1::IPluginV3,
   int32_t getNbOutputs() const noexcept override;
   size_t getWorkspaceSize(const nvinfer1::DynamicPluginTensorDesc* inputs, int32_t nbInputs,
                           const nvinfer1::DynamicPluginTensorDesc* outputs, int32_t nbOutputs) const noexcept override;
+  const char* getMetadataString() noexcept override;
 
   // IPluginV3OneRuntime
   int32_t onShapeChange(const nvinfer1::PluginTensorDesc* in, int32_t nbInputs, const nvinfer1::PluginTensorDesc* out,
@@ -93,6 +103,7 @@ class FourierAttentionPlugin final : public nvinfer1::IPluginV3,
   Attributes attrs_;
   nvinfer1::PluginField fields_[4];
   nvinfer1::PluginFieldCollection fc_;
+  char metadata_[256];  // getMetadataString's text, fixed at construction (no allocation)
 };
 
 class FourierAttentionPluginCreator final : public nvinfer1::IPluginCreatorV3One {
@@ -118,6 +129,8 @@ class FourierAttentionPluginCreator final : public nvinfer1::IPluginCreatorV3One
 extern "C" {
 // TensorRT's entry point for plugin libraries (IPluginRegistry::loadLibrary): the V3 creators.
 FF_TRT_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators);
+// TensorRT hands the library its logger finder after loading it (IPluginRegistry::loadLibrary).
+FF_TRT_EXPORT void setLoggerFinder(nvinfer1::ILoggerFinder* finder);
 // "major.minor.patch" of the TensorRT headers this library was built against.
 FF_TRT_EXPORT const char* ff_trt_plugin_tensorrt_version(void);
 }

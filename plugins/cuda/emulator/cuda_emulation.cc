@@ -2,6 +2,7 @@
 #include <ucontext.h>
 
 #include <algorithm>
+#include <deque>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -20,11 +21,20 @@ constexpr unsigned kWarp = 32;
 
 enum class State { kReady, kAtSync, kAtShuffle, kDone };
 
+struct Copy {
+  void* dst;
+  const void* src;
+  size_t bytes;
+};
+using CopyGroup = std::vector<Copy>;
+
 struct Fiber {
   ucontext_t context;
   std::unique_ptr<char[]> stack;
   State state = State::kReady;
   unsigned shuffles = 0;  // shuffles done: selects one of two exchange buffers (a lane is at most one ahead)
+  CopyGroup open_copies;            // cp.async issued since the last commit
+  std::deque<CopyGroup> committed;  // committed groups not waited for, oldest first
 };
 
 struct Grid {
@@ -32,6 +42,7 @@ struct Grid {
   std::vector<Fiber> fibers;
   std::vector<float> exchange;  // [2][threads]: values posted by the lanes of each warp
   Fiber* current = nullptr;
+  std::vector<float4> shared;  // dynamic shared memory
   void (*body)(void*) = nullptr;
   void* ctx = nullptr;
 };
@@ -50,27 +61,6 @@ void wait(State state) {
   swapcontext(&self->context, &g_grid->scheduler);
 }
 
-// Releases the barriers every thread concerned has reached; returns NULL, or a message if none can be.
-const char* release(std::vector<Fiber>& fibers) {
-  const unsigned n = static_cast<unsigned>(fibers.size());
-  bool released = false;
-  for (unsigned w = 0; w < n; w += kWarp) {
-    const bool warp_waits = std::all_of(fibers.begin() + w, fibers.begin() + w + kWarp,
-                                        [](const Fiber& f) { return f.state == State::kAtShuffle; });
-    if (warp_waits) {
-      for (unsigned t = w; t < w + kWarp; ++t) fibers[t].state = State::kReady;
-      released = true;
-    }
-  }
-  if (released) return nullptr;
-  const auto at_sync = std::count_if(fibers.begin(), fibers.end(), [](const Fiber& f) { return f.state == State::kAtSync; });
-  if (at_sync == static_cast<long>(n)) {
-    for (Fiber& f : fibers) f.state = State::kReady;
-    return nullptr;
-  }
-  return "CUDA emulation: a barrier (__syncthreads or a warp shuffle) is not reached by every thread";
-}
-
 }  // namespace
 
 void syncthreads() { wait(State::kAtSync); }
@@ -84,6 +74,24 @@ float shfl_xor(float value, int lane_mask) {
   return buffer[warp_base + ((lane ^ static_cast<unsigned>(lane_mask)) % kWarp)];
 }
 
+void* dynamic_shared() { return g_grid->shared.data(); }
+
+void memcpy_async(void* dst, const void* src, size_t bytes) { g_grid->current->open_copies.push_back({dst, src, bytes}); }
+
+void commit_async() {
+  Fiber* self = g_grid->current;
+  self->committed.push_back(std::move(self->open_copies));
+  self->open_copies.clear();
+}
+
+void wait_async(unsigned pending) {
+  Fiber* self = g_grid->current;
+  while (self->committed.size() > pending) {
+    for (const Copy& c : self->committed.front()) std::memcpy(c.dst, c.src, c.bytes);
+    self->committed.pop_front();
+  }
+}
+
 namespace {
 
 // Runs fiber f until it waits or ends. A function of its own: swapcontext returns twice, as setjmp does.
@@ -91,6 +99,19 @@ __attribute__((noinline)) void resume(Grid& g, Fiber& f, unsigned tid) {
   thread_index.x = tid;
   g.current = &f;
   swapcontext(&g.scheduler, &f.context);
+}
+
+// Runs the ready lanes of the warp starting at thread w (in `lanes` order) and releases its shuffles, until no lane
+// is ready: the warp runs ahead to its next __syncthreads (or its end) before another warp runs, as far apart as
+// warps may get on a GPU, so that a missing __syncthreads between warps shows.
+void run_warp(Grid& g, unsigned w, const std::vector<unsigned>& lanes) {
+  Fiber* const warp = g.fibers.data() + w;
+  while (true) {
+    for (unsigned lane : lanes)
+      if (warp[lane].state == State::kReady) resume(g, warp[lane], w + lane);
+    if (!std::all_of(warp, warp + kWarp, [](const Fiber& f) { return f.state == State::kAtShuffle; })) return;
+    for (unsigned lane = 0; lane < kWarp; ++lane) warp[lane].state = State::kReady;
+  }
 }
 
 bool all_done(const std::vector<Fiber>& fibers) {
@@ -108,22 +129,35 @@ const char* run_block(Grid& g, unsigned b, Order order, std::mt19937& rng) {
     makecontext(&f.context, fiber_main, 0);
     f.state = State::kReady;
     f.shuffles = 0;
+    f.open_copies.clear();  // copies never waited for are lost
+    f.committed.clear();
   }
-  std::vector<unsigned> sequence(g.fibers.size());
+  std::memset(g.shared.data(), 0xff, g.shared.size() * sizeof(float4));  // NaN: unstaged data shows
+  const unsigned warps = static_cast<unsigned>(g.fibers.size()) / kWarp;
+  std::vector<unsigned> warp_order(warps), lanes(kWarp);
   while (true) {
-    std::iota(sequence.begin(), sequence.end(), 0u);
-    if (order == kReverse) std::reverse(sequence.begin(), sequence.end());
-    if (order == kShuffled) std::shuffle(sequence.begin(), sequence.end(), rng);
-    for (unsigned t : sequence)
-      if (g.fibers[t].state == State::kReady) resume(g, g.fibers[t], t);
+    std::iota(warp_order.begin(), warp_order.end(), 0u);
+    std::iota(lanes.begin(), lanes.end(), 0u);
+    if (order == kReverse) {
+      std::reverse(warp_order.begin(), warp_order.end());
+      std::reverse(lanes.begin(), lanes.end());
+    }
+    if (order == kShuffled) {
+      std::shuffle(warp_order.begin(), warp_order.end(), rng);
+      std::shuffle(lanes.begin(), lanes.end(), rng);
+    }
+    for (unsigned w : warp_order) run_warp(g, w * kWarp, lanes);
     if (all_done(g.fibers)) return nullptr;
-    if (const char* error = release(g.fibers)) return error;
+    if (!std::all_of(g.fibers.begin(), g.fibers.end(), [](const Fiber& f) { return f.state == State::kAtSync; }))
+      return "CUDA emulation: a barrier (__syncthreads or a warp shuffle) is not reached by every thread";
+    for (Fiber& f : g.fibers) f.state = State::kReady;
   }
 }
 
 }  // namespace
 
-const char* run_grid(unsigned grid, unsigned threads, Order order, unsigned seed, void (*body)(void*), void* ctx) {
+const char* run_grid(unsigned grid, unsigned threads, size_t shared_bytes, Order order, unsigned seed,
+                     void (*body)(void*), void* ctx) {
   if (threads == 0 || threads > 1024 || threads % kWarp != 0)
     return "CUDA emulation: threads per block must be a multiple of 32 in 32..1024";
   Grid g;
@@ -131,6 +165,7 @@ const char* run_grid(unsigned grid, unsigned threads, Order order, unsigned seed
   g.ctx = ctx;
   g.fibers.resize(threads);
   g.exchange.assign(2 * threads, 0.0f);
+  g.shared.resize((shared_bytes + sizeof(float4) - 1) / sizeof(float4));
   for (Fiber& f : g.fibers) f.stack.reset(new char[kStackBytes]);
   g_grid = &g;
   std::mt19937 rng(seed);

@@ -1,6 +1,7 @@
 // Checks the FourierAttention TensorRT plugin library with TensorRT's headers only (no TensorRT library).
 //
 //   fourier_attention_plugin_harness LIB.so [--field NAME:TYPE=VALUE ...] [--expect-reject] [--enqueue]
+//                                    [--tensorrt-library FAKE.so]
 //
 // TYPE is a PluginFieldType without the k: FLOAT32, FLOAT64, FLOAT16, BF16, INT8, INT16, INT32, INT64 (one
 // number) or CHAR (VALUE is the string; length = strlen + 1, as TensorRT's ONNX parser passes strings).
@@ -8,13 +9,18 @@
 // attributes as FLOAT32 and INT attributes as INT32, see the plugin's header).
 //
 // The harness dlopens LIB.so, takes the FourierAttention v1 creator from getCreators and creates the
-// plugin (TensorRTPhase::kBUILD). It then checks: the creator's declared fields; the fields reported
+// plugin (TensorRTPhase::kBUILD), having first handed setLoggerFinder a finder whose logger records what it
+// is given. It then checks: the creator's declared fields; the fields reported
 // by getFieldsToSerialize equal the given ones (defaults for fields not given); clone and
 // serialize -> createPlugin(kRUNTIME) keep them; supportsFormatCombination; getNbOutputs;
 // getOutputDataTypes; getOutputShapes (IExprBuilder over the apiv classes of NvInferImpl.h);
-// configurePlugin / onShapeChange / getWorkspaceSize on shapes; and that bad field sets are rejected
+// configurePlugin / onShapeChange / getWorkspaceSize on shapes; head dims up to spec::kCudaMaxDim accepted
+// and above it refused, the refusal logged through the finder exactly when the TensorRT in the process has
+// our headers' major version; getMetadataString against the fields; and that bad field sets are rejected
 // with nullptr. With --expect-reject the given fields must instead be rejected. --enqueue (GPU) also
 // runs enqueue on random ragged float32 inputs and compares with a float64 reference.
+// --tensorrt-library loads FAKE.so first (RTLD_LOCAL, as Python loads TensorRT), a stand-in for TensorRT's
+// runtime library (its soname, e.g. libnvinfer.so.10, and getInferLibVersion); without it no TensorRT is loaded.
 //
 // Prints one JSON object. Exit codes: 0 all checks passed, 1 a check failed, 2 usage error or unusable
 // library, 77 --enqueue requested but no CUDA device (after the CPU checks passed).
@@ -350,6 +356,37 @@ bool SameDim(const IDimensionExpr* a, const IDimensionExpr* b) {
          a->getConstantValue() == b->getConstantValue();
 }
 
+// ---- a logger finder that records what the plugin logs ---------------------------------------------
+
+class RecordingLogger final : public nvinfer1::ILogger {
+ public:
+  void log(Severity severity, const char* msg) noexcept override {  // the harness is single-threaded
+    messages.push_back({severity, msg != nullptr ? msg : ""});
+  }
+  struct Message {
+    Severity severity;
+    std::string text;
+  };
+  std::vector<Message> messages;
+};
+
+class RecordingFinder final : public nvinfer1::ILoggerFinder {
+ public:
+  nvinfer1::ILogger* findLogger() override { return &logger; }
+  RecordingLogger logger;
+};
+
+std::string MessagesJson(const std::vector<RecordingLogger::Message>& messages) {
+  std::ostringstream s;
+  s << "[";
+  for (size_t i = 0; i < messages.size(); ++i) {
+    s << (i ? ", " : "") << "{\"severity\": " << static_cast<int>(messages[i].severity)
+      << ", \"text\": " << JsonString(messages[i].text) << "}";
+  }
+  s << "]";
+  return s.str();
+}
+
 // ---- checks -----------------------------------------------------------------------------------
 
 struct Checks {
@@ -427,6 +464,46 @@ bool Supports(IPluginV3OneBuild* b, const DataType (&types)[4], TensorFormat for
     if (!b->supportsFormatCombination(pos, io, 3, 1)) return false;
   }
   return true;
+}
+
+// configurePlugin on float32 q, k, v [2,3,5,dim] whose optimization profile reaches head dim `most`.
+int32_t ConfigureWithDim(IPluginV3OneBuild* b, int64_t dim, int64_t most) {
+  DynamicPluginTensorDesc io[4];
+  for (DynamicPluginTensorDesc& d : io) {
+    d = DynDesc(DataType::kFLOAT, TensorFormat::kLINEAR, MakeDims({2, 3, 5, dim}));
+    d.max = MakeDims({2, 3, 5, most});
+  }
+  return b->configurePlugin(io, 3, io + 3, 1);
+}
+
+// onShapeChange on float32 q, k, v [2,3,5,dim].
+int32_t ShapeChangeWithDim(IPluginV3OneRuntime* r, int64_t dim) {
+  PluginTensorDesc io[4];
+  for (PluginTensorDesc& d : io) d = Desc(DataType::kFLOAT, TensorFormat::kLINEAR, MakeDims({2, 3, 5, dim}));
+  return r->onShapeChange(io, 3, io + 3, 1);
+}
+
+// Whether getMetadataString's text is "FourierAttention v1 R=.. power=.. eps=.. causal=.. max_dim=.. tensorrt=.."
+// for these fields (floats read back exactly), the kernel's largest head dim and the headers' version.
+bool MetadataMatches(const char* text, const Values& v, const std::string& built_for, std::string* why) {
+  std::istringstream tokens(text != nullptr ? text : "");
+  std::string name, version;
+  tokens >> name >> version;
+  const char* keys[6] = {"R", "power", "eps", "causal", "max_dim", "tensorrt"};
+  std::string values[6];
+  bool ok = name == spec::kOpType && version == "v1";
+  for (int i = 0; ok && i < 6; ++i) {
+    std::string token;
+    ok = static_cast<bool>(tokens >> token) && token.rfind(std::string(keys[i]) + "=", 0) == 0;
+    if (ok) values[i] = token.substr(std::strlen(keys[i]) + 1);
+  }
+  std::string rest;
+  ok = ok && !(tokens >> rest) && std::strtof(values[0].c_str(), nullptr) == v.R &&
+       values[1] == std::to_string(static_cast<int>(v.power)) && std::strtof(values[2].c_str(), nullptr) == v.eps &&
+       values[3] == std::to_string(static_cast<int>(v.causal)) && values[4] == std::to_string(spec::kCudaMaxDim) &&
+       values[5] == built_for;
+  if (!ok) *why = std::string("got '") + (text != nullptr ? text : "(null)") + "'";
+  return ok;
 }
 
 // ---- enqueue on a GPU -------------------------------------------------------------------------
@@ -540,7 +617,8 @@ EnqueueResult RunEnqueue(IPluginV3* plugin, const Values& a) {
 
 int Usage(const char* argv0, const std::string& why) {
   std::fprintf(stderr,
-               "%s\nusage: %s LIB.so [--field NAME:TYPE=VALUE ...] [--expect-reject] [--enqueue]\n"
+               "%s\nusage: %s LIB.so [--field NAME:TYPE=VALUE ...] [--expect-reject] [--enqueue] "
+               "[--tensorrt-library FAKE.so]\n"
                "  TYPE: FLOAT32 FLOAT64 FLOAT16 BF16 INT8 INT16 INT32 INT64 CHAR\n",
                why.c_str(), argv0);
   return kExitUsage;
@@ -552,9 +630,12 @@ int main(int argc, char** argv) {
   if (argc < 2) return Usage(argv[0], "missing LIB.so");
   std::vector<FieldArg> given;
   bool expect_reject = false, enqueue = false;
+  const char* tensorrt_library = nullptr;
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--enqueue") {
+    if (a == "--tensorrt-library" && i + 1 < argc) {
+      tensorrt_library = argv[++i];
+    } else if (a == "--enqueue") {
       enqueue = true;
     } else if (a == "--expect-reject") {
       expect_reject = true;
@@ -567,6 +648,19 @@ int main(int argc, char** argv) {
       return Usage(argv[0], "bad argument '" + a + "'");
     }
   }
+
+  int32_t tensorrt_version = 0;  // getInferLibVersion of --tensorrt-library; 0: no TensorRT loaded
+  if (tensorrt_library != nullptr) {
+    void* trt = dlopen(tensorrt_library, RTLD_NOW | RTLD_LOCAL);
+    auto version = trt != nullptr ? reinterpret_cast<int32_t (*)()>(dlsym(trt, "getInferLibVersion")) : nullptr;
+    if (version == nullptr) {
+      std::fprintf(stderr, "cannot load getInferLibVersion from %s: %s\n", tensorrt_library, dlerror());
+      return kExitUsage;
+    }
+    tensorrt_version = version();
+  }
+  // The plugin may log through TensorRT's logger only when that TensorRT has our headers' major version.
+  const bool logger_usable = tensorrt_version / 10000 == NV_TENSORRT_MAJOR;
 
   void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
   if (lib == nullptr) {
@@ -582,6 +676,10 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
   Checks checks;
+  RecordingFinder finder;  // outlives every plugin call: the library is never unloaded before exit
+  auto set_logger_finder = reinterpret_cast<void (*)(nvinfer1::ILoggerFinder*)>(dlsym(lib, "setLoggerFinder"));
+  checks.Add("set_logger_finder_exported", set_logger_finder != nullptr);
+  if (set_logger_finder != nullptr) set_logger_finder(&finder);
   const std::string built_for = version_query != nullptr ? version_query() : "";
   checks.Add("version_query", version_query != nullptr && built_for.find('.') != std::string::npos &&
                                   std::atoi(built_for.c_str()) == NV_TENSORRT_MAJOR,
@@ -626,7 +724,8 @@ int main(int argc, char** argv) {
   json << "{\"library\": " << JsonString(argv[1]) << ", \"tensorrt_headers\": "
        << JsonString(std::to_string(NV_TENSORRT_MAJOR) + "." + std::to_string(NV_TENSORRT_MINOR) + "." +
                      std::to_string(NV_TENSORRT_PATCH))
-       << ", \"plugin_built_for\": " << JsonString(built_for) << ", \"creator_fields\": " << FieldsJson(declared)
+       << ", \"plugin_built_for\": " << JsonString(built_for) << ", \"tensorrt_runtime\": " << tensorrt_version
+       << ", \"creator_fields\": " << FieldsJson(declared)
        << ", \"given_fields\": " << FieldsJson(&given_fc.fc);
 
   if (expect_reject) {
@@ -783,6 +882,34 @@ int main(int argc, char** argv) {
     const size_t ws = build->getWorkspaceSize(din, 3, dout, 1), expected_ws = 12 * 2 * 3 * (64 + 64) * 48;
     checks.Add("workspace_size", ws == expected_ws,
                std::to_string(ws) + " bytes, expected " + std::to_string(expected_ws));
+
+    // Head dims: up to the CUDA kernel's maximum accepted, above it refused (static, or the profile's largest).
+    const int64_t max_dim = spec::kCudaMaxDim;
+    checks.Add("head_dim_max_accepted", ConfigureWithDim(build, max_dim, max_dim) == 0 &&
+                                            ConfigureWithDim(build, -1, max_dim) == 0 &&
+                                            ShapeChangeWithDim(runtime, max_dim) == 0);
+    const size_t logged_before = finder.logger.messages.size();
+    std::fprintf(stderr, "[harness] expecting 3 head-dim refusals (through the logger: %s):\n",
+                 logger_usable ? "yes" : "no");
+    checks.Add("head_dim_above_max_refused", ConfigureWithDim(build, max_dim + 1, max_dim + 1) != 0 &&
+                                                 ConfigureWithDim(build, -1, max_dim + 1) != 0 &&
+                                                 ShapeChangeWithDim(runtime, max_dim + 1) != 0);
+    const std::string refusal = "D=" + std::to_string(max_dim + 1) + " (last axis of q, k, v) is above " +
+                                std::to_string(max_dim);
+    int refusals_logged = 0;
+    for (size_t i = logged_before; i < finder.logger.messages.size(); ++i) {
+      const RecordingLogger::Message& m = finder.logger.messages[i];
+      const bool is_refusal = m.text.find(refusal) != std::string::npos;
+      refusals_logged += m.severity == nvinfer1::ILogger::Severity::kERROR && is_refusal;
+    }
+    checks.Add("head_dim_refusal_logged", refusals_logged == (logger_usable ? 3 : 0),
+               std::to_string(refusals_logged) + " refusals through the logger, TensorRT runtime " +
+                   std::to_string(tensorrt_version) + " vs headers " + std::to_string(NV_TENSORRT_MAJOR));
+
+    std::string metadata_why;
+    checks.Add("metadata_string", have_reported && MetadataMatches(build->getMetadataString(), reported, built_for,
+                                                                   &metadata_why), metadata_why);
+    json << ", \"metadata\": " << JsonString(build->getMetadataString() ? build->getMetadataString() : "");
   }
 
   // Bad field sets must be rejected with nullptr (and no crash).
@@ -866,9 +993,12 @@ int main(int argc, char** argv) {
            << ", \"relative_error\": " << JsonNumber(er.error) << ", \"detail\": " << JsonString(er.detail) << "}";
     }
   }
+  if (!logger_usable) {
+    checks.Add("logger_unused", finder.logger.messages.empty(), "no TensorRT of the headers' major is loaded");
+  }
   const int failed = checks.Failed();
-  json << ", \"checks\": " << checks.Json() << ", \"passed\": " << (checks.results.size() - failed)
-       << ", \"failed\": " << failed << "}";
+  json << ", \"logged\": " << MessagesJson(finder.logger.messages) << ", \"checks\": " << checks.Json()
+       << ", \"passed\": " << (checks.results.size() - failed) << ", \"failed\": " << failed << "}";
   std::printf("%s\n", json.str().c_str());
   if (failed > 0) return kExitFailed;
   return exit_code;
