@@ -6,6 +6,7 @@ The command line: ``python -m export --help`` (or ``fourierformer-deploy``). Fro
     path = export.build("tiny-vit", out="engines/built/tiny-vit")     # what build-engine does
     artifact = export.load(path)                                        # verified, on its backend
     outputs = artifact.run({"images": images})                          # numpy in, numpy out
+    path = export.compile(my_module, {"images": images}, out="engines/built/mine")  # your own nn.Module
 
 Running an ONNX Runtime artifact needs onnxruntime and numpy only: ``export.load`` does not import torch.
 """
@@ -75,3 +76,24 @@ def build(model: str | None = None, *, checkpoint: str | Path | None = None, out
                            Path(checkpoint) if checkpoint is not None else None, seed, shapes=shapes,
                            compute_capabilities=tuple(compute_capabilities), ema=ema)
     return build_engine(options)[0]
+
+
+def compile(module, example_inputs: dict, *, out: str | Path | None = None, backend: str = "auto",
+            precision: str = "fp32", attention: str = "auto", dynamic_shapes: dict | None = None,
+            shapes: dict[str, tuple[int, int, int]] | None = None, compute_capabilities: tuple[int, ...] = (),
+            source: str | Path | None = None) -> Path:
+    """Build an artifact from your own ``torch.nn.Module`` (export/module_compiler.py); returns its directory.
+
+    The module is exported with the dynamo exporter on ``example_inputs`` (keyword arguments of its forward, by
+    name; ``dynamic_shapes`` as torch.export takes them), then built as ``build-engine --onnx`` builds a file:
+    Fourier attention written in plain PyTorch is fused into FourierAttention nodes, and layers built from
+    ``fourierformer.FourierAttention`` export to one node directly. The plain export is kept at ``source`` if
+    given. The artifact is checked against the module itself on ``example_inputs`` (UserError if they differ
+    beyond the precision's normwise bound).
+    """
+    from export.module_compiler import compile_module
+    from export.options import BuildOptions
+
+    options = BuildOptions(None, Path(out) if out is not None else None, backend, precision, attention,
+                           shapes=shapes, compute_capabilities=tuple(compute_capabilities))
+    return compile_module(module, example_inputs, options, dynamic_shapes, Path(source) if source else None)

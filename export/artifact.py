@@ -53,10 +53,12 @@ class TensorRTInfo:
 
 @dataclass
 class Manifest:
-    """What an artifact holds and how it was made; enough to rebuild the eager model and check every file."""
+    """What an artifact holds and how it was made; enough to rebuild the eager model (``config`` and ``weights``)
+    or to name the ONNX file it was built from (``config`` None, ``weights`` the file's record, ``fused_layers``
+    how many attention layers became FourierAttention nodes), and to check every file."""
 
     model: str
-    config: dict
+    config: dict | None
     weights: dict
     backend: str
     precision: str
@@ -71,6 +73,7 @@ class Manifest:
     tensorrt: TensorRTInfo | None = None
     files: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    fused_layers: int | None = None
 
     def dimension_range(self, dim: int | str) -> tuple[int, int]:
         """(min, max) of an input axis: a dynamic dimension's recorded range, or a fixed size."""
@@ -329,10 +332,16 @@ def _check_values(manifest: Manifest) -> None:
     """ValueError naming the first field whose value is outside what the tool accepts."""
     if manifest.format_version != FORMAT_VERSION:
         raise ValueError(f"format version {manifest.format_version}; this tool reads {FORMAT_VERSION}")
+    from_onnx = "onnx" in manifest.weights
+    if from_onnx != (manifest.config is None) or from_onnx != (manifest.fused_layers is not None):
+        raise ValueError("fields config, weights and fused_layers disagree: an artifact built from an ONNX file "
+                         "has config null, an ONNX weights record and fused_layers; any other has a config")
     try:
-        config = config_from_dict(manifest.config)
+        config = None if from_onnx else config_from_dict(manifest.config)
     except ValueError as exc:
         raise ValueError(f"field config: {exc}") from exc
+    if manifest.fused_layers is not None and manifest.fused_layers < 0:
+        raise ValueError("field fused_layers must be >= 0")
     for name, allowed in ENUMS.items():
         if getattr(manifest, name) not in allowed:
             raise ValueError(f"field {name} is {getattr(manifest, name)!r}; expected one of {', '.join(allowed)}")
@@ -353,7 +362,8 @@ def _check_values(manifest: Manifest) -> None:
                 if isinstance(dim, str) and dim not in manifest.dynamic_ranges or isinstance(dim, int) and dim < 1:
                     raise ValueError(f"field {kind}[{i}].shape has {dim!r}: neither a size >= 1 nor a dimension "
                                      "named in dynamic_ranges")
-    _check_against_config(manifest, config)
+    if config is not None:
+        _check_against_config(manifest, config)
     on_tensorrt = manifest.backend == "tensorrt"
     if any(on_tensorrt != (value is not None) for value in (manifest.engine_file, manifest.tensorrt)):
         raise ValueError("fields engine_file and tensorrt must be given exactly for the tensorrt backend")
@@ -370,16 +380,17 @@ def _check_against_config(manifest: Manifest, config: ModelConfig) -> None:
 
 
 def _check_weights(weights: dict) -> None:
-    """ValueError unless ``weights`` records random weights ({"seed": 0..2^32-1}) or a checkpoint (its path,
-    sha256, format and whether its EMA weights were taken)."""
+    """ValueError unless ``weights`` records random weights ({"seed": 0..2^32-1}), a checkpoint (its path,
+    sha256, format and whether its EMA weights were taken) or an ONNX file (its path and sha256)."""
     seed = weights.get("seed")
     if set(weights) == {"seed"} and type(seed) is int and 0 <= seed <= MAX_SEED:
         return
-    kinds = {"checkpoint": str, "sha256": str, "format": str, "ema": bool}
-    if set(weights) != set(kinds) or any(type(weights[k]) is not t for k, t in kinds.items()) \
-            or re.fullmatch("[0-9a-f]{64}", weights["sha256"]) is None:
-        raise ValueError(f"field weights must be {{\"seed\": 0..{MAX_SEED}}} or a checkpoint record "
-                         "{\"checkpoint\", \"sha256\", \"format\", \"ema\"}")
+    for kinds in ({"checkpoint": str, "sha256": str, "format": str, "ema": bool}, {"onnx": str, "sha256": str}):
+        if set(weights) == set(kinds) and all(type(weights[k]) is t for k, t in kinds.items()) \
+                and re.fullmatch("[0-9a-f]{64}", weights["sha256"]) is not None:
+            return
+    raise ValueError(f"field weights must be {{\"seed\": 0..{MAX_SEED}}}, a checkpoint record "
+                     "{\"checkpoint\", \"sha256\", \"format\", \"ema\"} or an ONNX record {\"onnx\", \"sha256\"}")
 
 
 def _relative_name(name: str, where: str) -> None:

@@ -1,6 +1,6 @@
 """bench DIR: time a built artifact the way ``trtexec --loadEngine`` and ``polygraphy run`` do.
 
-For each batch size the artifact is first validated against its eager model (``validate``'s comparison, the
+For each batch size the artifact is first validated against its eager model or original ONNX file (``validate``'s comparison, the
 artifact's own tolerances), then run ``warmup`` times untimed and ``repeats`` times timed on fixed random inputs:
 latency percentiles (p50, p90, p99) and throughput (samples per second at the median).
 """
@@ -16,9 +16,8 @@ import numpy as np
 
 import export
 from export.errors import UserError
-from export.runtime import artifact_feeds
+from export.runtime import random_feeds
 from export.validate import validate
-from fourierformer.configs import config_from_dict, example_arrays
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +36,22 @@ class BatchTiming:
     """The largest normwise error of the outputs against the eager model, from the validation run first."""
 
 
-def bench_artifact(directory: Path, batches: list[int], seq: int | None, repeats: int, warmup: int,
-                   checkpoint: Path | None = None) -> list[BatchTiming]:
-    """Validate, then time the artifact at each batch size; UserError if a validation fails."""
+def bench_artifact(directory: Path, batches: list[int | None], seq: int | None, repeats: int, warmup: int,
+                   checkpoint: Path | None = None, onnx_file: Path | None = None) -> list[BatchTiming]:
+    """Validate, then time the artifact at each batch size (None: the random inputs' default, for a model built
+    from an ONNX file without a dimension named batch); UserError if a validation fails."""
     if repeats < 1 or warmup < 0:
         raise UserError(f"--repeats must be >= 1 and --warmup >= 0, got {repeats} and {warmup}")
     timings = []
     with export.load(directory) as artifact:
-        config = config_from_dict(artifact.manifest.config)
         for batch in batches:
-            passed, stats, _ = validate(directory, batch=batch, seq=seq, checkpoint=checkpoint)
+            passed, stats, _ = validate(directory, batch=batch, seq=seq, checkpoint=checkpoint, onnx_file=onnx_file)
             if not passed:
                 worst = max(stats, key=lambda s: s.norm_rel)
                 raise UserError(f"{directory} fails validation at batch {batch} ({worst.name}: normwise error "
                                 f"{worst.norm_rel:.2e}); not timing it")
-            try:
-                feeds = artifact_feeds(artifact.manifest, example_arrays(config, batch=batch, seq=seq, seed=1))
-            except ValueError as exc:
-                raise UserError(str(exc)) from exc
+            feeds = random_feeds(artifact.manifest, batch, seq, seed=1)
+            batch = next(iter(feeds.values())).shape[0]  # the samples of one run
             for _ in range(warmup):
                 artifact.run(feeds)
             seconds = []

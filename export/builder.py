@@ -15,18 +15,19 @@ import torch
 
 from export import cpu_kernel, plugin_library
 from export.artifact import Manifest, TensorInfo, TensorRTInfo, check_replaceable, staging_directory, write_manifest
-from export.errors import UserError
+from export.errors import UserError, one_line
 from export.onnx_export import export_onnx
 from export.options import (ATTENTIONS, BACKENDS, BUILT_DIR, MAX_BATCH, PRECISIONS, BuildOptions, Profiles,
                             check_applicable, default_timing_cache)
 from export.passes import GraphPass, cleanup, decompose, to_fp16, to_onnxruntime, to_tensorrt
-from export.runtime import Artifact, artifact_feeds, ort_session
+from export.onnx_source import dynamic_dims, fused_source, index_bounds
+from export.runtime import Artifact, ort_session, random_feeds
 from export.tensorrt_backend import (check_compute_capabilities, gpu_missing_reason, installed_flavour,
                                      load_tensorrt, plugin_tensorrt_version)
 from export.tensorrt_backend import build_engine as build_tensorrt_engine
 from fourierformer.checkpoints import CheckpointError, load_weights, read_checkpoint, resolve_config
 from fourierformer.configs import LMConfig, ModelConfig, config_to_dict, get_config
-from fourierformer.models import create_model, example_inputs
+from fourierformer.models import create_model
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ def load_model(name: str | None, checkpoint: Path | None, seed: int, ema: bool =
     """
     if checkpoint is None:
         if name is None:
-            raise UserError("name a model with --model, or give a --checkpoint that says its architecture")
+            raise UserError("name a model with --model, give a --checkpoint that says its architecture, or build "
+                            "from an ONNX file with --onnx")
         if ema:
             raise UserError("--ema needs a --checkpoint that holds an EMA copy (DeiT's model_ema)")
         try:
@@ -182,24 +184,75 @@ def tensorrt_profiles(config: ModelConfig, shapes: Profiles | None) -> Profiles:
 
 
 def retarget(proto: onnx.ModelProto, passes: tuple[GraphPass, ...]) -> onnx.ModelProto:
-    """Run graph passes on an exported model; the result passes ``onnx.checker``."""
+    """Run graph passes on an exported model; the result passes ``onnx.checker``. UserError with the reason
+    if a pass cannot transform this graph."""
     graph = gs.import_onnx(proto)
     for graph_pass in passes:
         log.debug("pass %s", graph_pass.__name__)
-        graph = graph_pass(graph)
+        try:
+            graph = graph_pass(graph)
+        except ValueError as exc:
+            raise UserError(f"pass {graph_pass.__name__}: {one_line(exc)}") from exc
     result = gs.export_onnx(graph)
     result.ir_version = proto.ir_version
     onnx.checker.check_model(result)
     return result
 
 
-def _smoke_run(directory: Path, manifest: Manifest, config: ModelConfig) -> None:
+def _smoke_run(directory: Path, manifest: Manifest) -> None:
     """Run the ONNX Runtime artifact once on random inputs; UserError on non-finite outputs."""
     library = directory / manifest.plugin_library if manifest.plugin_library else None
     artifact = Artifact(directory, manifest, ort_session(directory / manifest.onnx_file, library))
-    feeds = artifact_feeds(manifest, example_inputs(config, batch=1))
+    feeds = random_feeds(manifest, batch=1 if "batch" in manifest.dynamic_ranges else None)
     if not all(np.isfinite(o).all() for o in artifact.run(feeds).values()):
         raise UserError("the built model produced non-finite outputs on random inputs")
+
+
+@dataclass(frozen=True)
+class Source:
+    """What an artifact is built from: its ONNX model with FourierAttention nodes, and what the manifest says of
+    it (the eager model's config and weights, or the ONNX file's record and how many layers were fused)."""
+
+    name: str
+    proto: onnx.ModelProto
+    config: ModelConfig | None
+    weights: dict
+    ranges: Profiles
+    """(min, opt, max) of each dynamic dimension the model accepts."""
+    bounds: dict[str, list[int]]
+    """The values each integer input may hold."""
+    fused_layers: int | None = None
+
+
+def _model_source(loaded: LoadedModel, opset: int) -> Source:
+    """A named model or checkpoint, exported with one FourierAttention node per layer."""
+    log.info("[2/5] exporting %s to ONNX (opset %d)", loaded.name, opset)
+    return Source(loaded.name, export_onnx(loaded.model, loaded.config, opset), loaded.config, loaded.weights,
+                  export_ranges(loaded.config), value_bounds(loaded.config))
+
+
+def _onnx_source(path: Path) -> Source:
+    """A user's ONNX file, its Fourier attention fused (export/passes/fuse.py)."""
+    log.info("[2/5] reading %s and fusing its Fourier attention", path)
+    source = fused_source(path)
+    ranges = {name: (1, 1, MAX_BATCH) for name in dynamic_dims(source.proto)}
+    return Source(path.stem, source.proto, None, {"onnx": str(path.resolve()), "sha256": source.sha256}, ranges,
+                  index_bounds(source.proto), source.layers)
+
+
+def _onnx_profiles(ranges: Profiles, shapes: Profiles | None, path: Path) -> Profiles:
+    """TensorRT profiles of a user's ONNX model: --shapes must give each of its dynamic dimensions."""
+    shapes = shapes or {}
+    if missing := [name for name in ranges if name not in shapes]:
+        raise UserError(f"TensorRT needs a profile for each dynamic dimension of {path}: give --shapes "
+                        + " ".join(f"{name}=MIN:OPT:MAX" for name in missing))
+    for name, (low, opt, high) in shapes.items():
+        if name not in ranges:
+            raise UserError(f"--shapes names {name!r}, which is not a dynamic dimension of {path} "
+                            f"({', '.join(ranges) or 'it has none'})")
+        if not 1 <= low <= opt <= high <= MAX_BATCH:
+            raise UserError(f"profile {name}={low}:{opt}:{high} must satisfy 1 <= min <= opt <= max <= {MAX_BATCH}")
+    return dict(shapes)
 
 
 def build_engine(options: BuildOptions) -> tuple[Path, Manifest]:
@@ -212,23 +265,29 @@ def build_engine(options: BuildOptions) -> tuple[Path, Manifest]:
     attention = resolve_attention(backend, options.attention)
     if options.precision not in PRECISIONS:
         raise UserError(f"unknown precision {options.precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    loaded = load_model(options.model, options.checkpoint, options.seed, options.ema)
-    config = loaded.config
-    out = options.out or BUILT_DIR / f"{loaded.name}{'-ema' if options.ema else ''}-{backend}-{options.precision}"
+    if options.onnx is not None and (options.model or options.checkpoint or options.ema):
+        raise UserError("--onnx builds from the ONNX file alone: drop --model, --checkpoint and --ema")
+    loaded = None if options.onnx else load_model(options.model, options.checkpoint, options.seed, options.ema)
+    name = options.onnx.stem if loaded is None else f"{loaded.name}{'-ema' if options.ema else ''}"
+    out = options.out or BUILT_DIR / f"{name}-{backend}-{options.precision}"
     check_replaceable(out)  # before any slow step
     log.info("[1/5] %s", "finding the plugin library" if attention == "plugin" else "attention decomposed: no plugin")
     library = (plugin_library.ort_library() if backend == "onnxruntime" else plugin_library.trt_plugin_library()) \
         if attention == "plugin" else None
-    profiles = tensorrt_profiles(config, options.shapes) if backend == "tensorrt" else export_ranges(config)
-    log.info("[2/5] exporting %s to ONNX (opset %d)", loaded.name, options.opset)
-    proto = retarget(export_onnx(loaded.model, config, options.opset),
-                     passes_for(backend, attention, options.precision))
+    source = _onnx_source(options.onnx) if loaded is None else _model_source(loaded, options.opset)
+    if backend != "tensorrt":
+        profiles = source.ranges
+    elif source.config is None:
+        profiles = _onnx_profiles(source.ranges, options.shapes, options.onnx)
+    else:
+        profiles = tensorrt_profiles(source.config, options.shapes)
+    proto = retarget(source.proto, passes_for(backend, attention, options.precision))
     manifest = Manifest(
-        model=loaded.name, config=config_to_dict(config), weights=loaded.weights, backend=backend,
-        precision=options.precision, attention=attention, onnx_file=ONNX_FILE,
-        inputs=_tensor_infos(list(proto.graph.input), value_bounds(config)), outputs=_tensor_infos(list(proto.graph.output)),
+        model=source.name, config=config_to_dict(source.config) if source.config else None, weights=source.weights,
+        backend=backend, precision=options.precision, attention=attention, onnx_file=ONNX_FILE,
+        inputs=_tensor_infos(list(proto.graph.input), source.bounds), outputs=_tensor_infos(list(proto.graph.output)),
         dynamic_ranges={name: [low, high] for name, (low, _, high) in profiles.items()}, versions=_versions(),
-        plugin_library=library.name if library else None,
+        plugin_library=library.name if library else None, fused_layers=source.fused_layers,
     )
     if backend == "onnxruntime" and library:  # the path of the op's smoke run; each machine picks its own at load
         manifest.versions["cpu_kernel_path"] = cpu_kernel.isa()
@@ -238,7 +297,7 @@ def build_engine(options: BuildOptions) -> tuple[Path, Manifest]:
             shutil.copy2(library, staging / library.name)
         if backend == "onnxruntime":
             log.info("[3/5] smoke-running the model in ONNX Runtime")
-            _smoke_run(staging, manifest, config)
+            _smoke_run(staging, manifest)
         else:
             log.info("[3/5] building the TensorRT engine (this can take minutes)")
             trt = build_tensorrt_engine(staging / ONNX_FILE, staging / ENGINE_FILE, profiles,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from export.errors import UserError, one_line
-from export.options import MAX_SEED
+from export.options import EXAMPLE_SIZE, MAX_SEED
 
 log = logging.getLogger("export")
 
@@ -60,20 +60,22 @@ def _add_weights(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=_integer(0, MAX_SEED), default=0, help="seed of the random weights without --checkpoint (default 0)")
 
 
-def _add_source_checkpoint(parser: argparse.ArgumentParser) -> None:
+def _add_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path,
                         help="the checkpoint the artifact was built from, for the eager model (its manifest records "
                              "the path and sha256, but no path in a manifest is followed)")
+    parser.add_argument("--onnx", type=Path,
+                        help="the ONNX file the artifact was built from (build-engine --onnx): the reference, run in "
+                             "stock ONNX Runtime (recorded by sha256; no path in a manifest is followed)")
 
 
 def _add_inputs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch", type=_integer(1), help=f"batch of the random inputs (default {DEFAULT_BATCH})")
-    parser.add_argument("--seq", type=_integer(1), help="sequence length of random LM inputs (default: the model's context)")
+    parser.add_argument("--batch", type=_integer(1), help=f"batch of the random inputs (default {EXAMPLE_SIZE}; "
+                        "for a model built from an ONNX file: its dynamic dimension named batch)")
+    parser.add_argument("--seq", type=_integer(1), help="sequence length of random LM inputs (default: the model's "
+                        f"context; for a model built from an ONNX file: its dimension named seq, default {EXAMPLE_SIZE})")
     parser.add_argument("--input-seed", type=_integer(0, MAX_SEED), help="seed of the random inputs (default 0)")
 
-
-DEFAULT_BATCH = 2
-"""Batch of random inputs for run and validate."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -194,6 +196,9 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     from export.options import BuildOptions
     from export.recipes import load_recipe
 
+    if args.explain:
+        return _explain(args)
+
     settings = {**BUILD_DEFAULTS, **(load_recipe(args.recipe) if args.recipe else {})}
     flags = {"model": args.model, "backend": args.backend, "precision": args.precision, "attention": args.attention,
              "compute_capabilities": args.compute_capability}
@@ -206,10 +211,22 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     options = BuildOptions(settings.get("model"), args.out, settings["backend"], settings["precision"],
                            settings["attention"], args.checkpoint, args.seed, args.opset, settings["shapes"] or None,
                            tuple(settings["compute_capabilities"]), args.timing_cache,
-                           args.ema)
+                           args.ema, args.onnx)
     out, manifest = build_engine(options)
-    print(f"built {out} ({manifest.model}: {manifest.backend}, {manifest.precision}, {manifest.attention} attention); "
-          f"check it with: {_prog()} validate {out}")
+    fused = f", {manifest.fused_layers} attention layer(s) fused" if manifest.fused_layers is not None else ""
+    check = f" --onnx {args.onnx}" if args.onnx else ""
+    print(f"built {out} ({manifest.model}: {manifest.backend}, {manifest.precision}, {manifest.attention} attention"
+          f"{fused}); check it with: {_prog()} validate {out}{check}")
+    return EXIT_OK
+
+
+def _explain(args: argparse.Namespace) -> int:
+    """build-engine --onnx FILE --explain: what the fuse pass matched in FILE and why it left the rest alone."""
+    from export.onnx_source import fused_source
+
+    if args.onnx is None:
+        raise UserError("--explain lists what the fuse pass finds in an ONNX file: give --onnx FILE")
+    print("\n".join(fused_source(args.onnx).report.lines()))
     return EXIT_OK
 
 
@@ -218,8 +235,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from export.artifact import check_regular_file, write_atomically
-    from export.runtime import artifact_feeds, check_sizes, load_artifact, load_npz, max_input_bytes
-    from fourierformer.configs import config_from_dict, example_arrays
+    from export.runtime import load_artifact, load_npz, max_input_bytes, random_feeds
 
     artifact = load_artifact(args.artifact)
     manifest = artifact.manifest
@@ -228,16 +244,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                  ("--input-seed", args.input_seed is not None)), "applies to random inputs, not to --input")
         feeds = load_npz(args.input, max_input_bytes(manifest))
     else:
-        try:
-            config = config_from_dict(manifest.config)
-            if args.seq is not None and config.kind != "lm":
-                raise UserError("--seq applies to language models only")
-            check_sizes(manifest, {"batch": args.batch, "seq": args.seq})
-            inputs = example_arrays(config, DEFAULT_BATCH if args.batch is None else args.batch, args.seq,
-                                    args.input_seed or 0)
-        except ValueError as exc:
-            raise UserError(str(exc)) from exc
-        feeds = artifact_feeds(manifest, inputs)
+        feeds = random_feeds(manifest, args.batch, args.seq, args.input_seed or 0)
     try:
         outputs = artifact.run(feeds)
     finally:
@@ -265,9 +272,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Compare an artifact with the eager PyTorch model; exit 1 on mismatch."""
     from export.validate import validate
 
-    passed, stats, (atol, rtol, max_norm) = validate(args.artifact, DEFAULT_BATCH if args.batch is None else args.batch, args.seq,
+    passed, stats, (atol, rtol, max_norm) = validate(args.artifact, args.batch, args.seq,
                                                      args.input_seed or 0, args.atol, args.rtol, args.max_norm_error,
-                                                     args.checkpoint)
+                                                     args.checkpoint, args.onnx)
     if args.json:
         _print_json(args, {"artifact": str(args.artifact), "passed": passed,
                      "tolerances": {"atol": atol, "rtol": rtol, "max_norm_error": max_norm},
@@ -303,8 +310,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.artifact is not None:
         return _bench_artifact(args)
-    _refuse((("--batch", args.batch), ("--seq", args.seq), ("--json", args.json), ("--checkpoint", args.checkpoint)),
-            "applies to timing an artifact (bench DIR) only")
+    _refuse((("--batch", args.batch), ("--seq", args.seq), ("--json", args.json), ("--checkpoint", args.checkpoint),
+             ("--onnx", args.onnx)), "applies to timing an artifact (bench DIR) only")
     args.device = args.device or "cpu"
     check_device(args.device)
     if args.out:
@@ -378,10 +385,11 @@ def _bench_artifact(args: argparse.Namespace) -> int:
              ("--out", args.out)), "applies to the op benchmark, not to timing an artifact (bench DIR)")
     manifest = load_manifest(args.artifact)
     low, high = manifest.dynamic_ranges.get("batch", (1, 1))
-    batches = args.batch or sorted({low, min(max(low, 8), high)})
+    batches = args.batch or (sorted({low, min(max(low, 8), high)}) if "batch" in manifest.dynamic_ranges
+                             or manifest.config is not None else [None])
     timings = artifact_bench.bench_artifact(args.artifact, batches, args.seq,
                                             50 if args.repeats is None else args.repeats,
-                                            5 if args.warmup is None else args.warmup, args.checkpoint)
+                                            5 if args.warmup is None else args.warmup, args.checkpoint, args.onnx)
     if args.json:
         _print_json(args, artifact_bench.to_json(args.artifact, timings))
     else:
@@ -474,8 +482,16 @@ def make_parser() -> argparse.ArgumentParser:
                        f"  {prog} build-engine --checkpoint LM-TFM/model.pt          # official LM\n"
                        f"  {prog} build-engine --recipe deit-tiny-fp16\n"
                        f"  {prog} build-engine --model tiny-lm --backend tensorrt --precision fp16 \\\n"
-                       "      --shapes batch=1:4:8 seq=1:64:64 --compute-capability 86,89")
+                       "      --shapes batch=1:4:8 seq=1:64:64 --compute-capability 86,89\n"
+                       f"  {prog} build-engine --onnx my_vit.onnx                   # your own model, exported plainly\n"
+                       f"  {prog} build-engine --onnx my_vit.onnx --explain         # what attention it finds, and why")
     _add_weights(p)
+    p.add_argument("--onnx", type=Path, help="build from your ONNX file (a plain torch.onnx.export of any "
+                                             "FourierFormer) instead of a named model: its Fourier attention is "
+                                             "fused into FourierAttention nodes")
+    p.add_argument("--explain", action="store_true",
+                   help="with --onnx: list each attention candidate, what matched and why any was not fused; "
+                        "build nothing")
     p.add_argument("--recipe", help=f"settings from a shipped recipe ({', '.join(recipe_names())}) or a .toml file; "
                                     "flags override it")
     p.add_argument("--backend", choices=("auto", *BACKENDS),
@@ -514,7 +530,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=_tolerance, help="relative tolerance")
     p.add_argument("--max-norm-error", type=_tolerance,
                    help=f"normwise relative error bound per output (defaults atol, rtol, norm by precision: {defaults})")
-    _add_source_checkpoint(p)
+    _add_source(p)
     _add_json(p)
     p.set_defaults(func=cmd_validate)
 
@@ -565,7 +581,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_integer(1), nargs="+", help="with DIR: batch sizes to time (default 1 and 8, within the "
                                                         "artifact's range)")
     p.add_argument("--seq", type=_integer(1), help="with DIR: sequence length of a language model (default its context)")
-    _add_source_checkpoint(p)
+    _add_source(p)
     _add_json(p)
     p.add_argument("--device", choices=("cpu", "cuda"), help="where to run the op benchmark (default cpu)")
     p.add_argument("--sizes", type=_shape, nargs="+", metavar="B,H,N,D",

@@ -73,3 +73,19 @@ def export_onnx(model: nn.Module, config: ModelConfig, opset: int = OPSET) -> on
     count = sum(node.op_type == opspec.OP_TYPE and node.domain == opspec.DOMAIN for node in proto.graph.node)
     log.info("exported ONNX: %d nodes, %d FourierAttention", len(proto.graph.node), count)
     return proto
+
+
+def export_module(module: nn.Module, example_inputs: dict[str, torch.Tensor], opset: int = OPSET,
+                  dynamic_shapes: dict | None = None) -> onnx.ModelProto:
+    """A user's ``module`` exported plainly with the dynamo exporter, its inputs named as ``example_inputs``'s keys
+    (keyword arguments of its forward), outputs ``output``, ``output_1``, ...; UserError if the exporter fails."""
+    quiet = io.StringIO()
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(quiet), _quiet_torch():
+            program = torch.onnx.export(module.eval(), (), kwargs=example_inputs, dynamo=True, verbose=False,
+                                        dynamic_shapes=dynamic_shapes, input_names=list(example_inputs),
+                                        opset_version=opset)
+    except Exception as exc:  # torch.export's and the ONNX exporter's many error types
+        raise UserError(f"torch.onnx.export cannot export {type(module).__name__}: {str(exc).splitlines()[0]}") from exc
+    log.debug("%s", quiet.getvalue())
+    return program.model_proto

@@ -18,6 +18,9 @@ OPSETS = (17, 23)
 """The opsets the export accepts, first and last: LayerNormalization needs 17; ONNX Runtime 1.31 reads up to 23."""
 TOLERANCES = {"fp32": (1e-4, 1e-4, 1e-4), "fp16": (5e-2, 5e-2, 5e-3)}
 """validate's default atol, rtol and normwise bound by precision."""
+EXAMPLE_SIZE = 2
+"""The batch of random inputs (run, validate, a build's smoke run), and the size of every dynamic dimension of a
+model built from an ONNX file, unless told."""
 MAX_SEED = 2**32 - 1
 """The largest seed (numpy's and torch's generators take 32 bits)."""
 MAX_BATCH = 4096
@@ -39,7 +42,8 @@ def default_timing_cache() -> Path:
 class BuildOptions:
     """What to build and where.
 
-    ``model`` names the architecture; it may be None with a ``checkpoint`` that says its own. ``out`` None:
+    ``model`` names the architecture; it may be None with a ``checkpoint`` that says its own, or with ``onnx``, a
+    user's ONNX file to build from instead (its Fourier attention fused; no model, checkpoint or ema). ``out`` None:
     ``BUILT_DIR/MODEL[-ema]-BACKEND-PRECISION`` with the resolved backend. ``shapes``, ``compute_capabilities``
     and ``timing_cache`` (None: :func:`default_timing_cache`) apply to the tensorrt backend only.
     """
@@ -56,6 +60,7 @@ class BuildOptions:
     compute_capabilities: tuple[int, ...] = ()
     timing_cache: Path | None = None
     ema: bool = False
+    onnx: Path | None = None
 
 
 def check_applicable(options: BuildOptions, backend: str) -> None:

@@ -17,6 +17,8 @@ import numpy as np
 
 from export.artifact import Manifest, load_manifest, read_verified, sha256_file
 from export.errors import UserError, one_line
+from export.options import EXAMPLE_SIZE
+from fourierformer.configs import config_from_dict, example_arrays
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -128,6 +130,44 @@ def artifact_feeds(manifest: Manifest, inputs: Mapping[str, Any]) -> dict[str, n
     dtypes = {t.name: np.dtype(t.dtype) for t in manifest.inputs}
     arrays = {name: np.asarray(value.numpy() if hasattr(value, "numpy") else value) for name, value in inputs.items()}
     return {name: value.astype(dtypes.get(name, value.dtype)) for name, value in arrays.items()}
+
+
+def random_feeds(manifest: Manifest, batch: int | None = None, seq: int | None = None,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs in the artifact's dtypes, reproducible from ``seed``: the named model's example inputs
+    (fourierformer.configs.example_arrays), or for a model built from an ONNX file, each dynamic dimension at
+    ``batch`` or ``seq`` where it is so named, else EXAMPLE_SIZE; floats standard normal, integers uniform over
+    their recorded values (0 where none are recorded). UserError for sizes outside the artifact's ranges."""
+    check_sizes(manifest, {"batch": batch, "seq": seq})
+    if manifest.config is not None:
+        try:
+            config = config_from_dict(manifest.config)
+            if seq is not None and config.kind != "lm":
+                raise UserError("--seq applies to language models only")
+            return artifact_feeds(manifest, example_arrays(config, batch or EXAMPLE_SIZE, seq, seed))
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+    given = {"batch": batch, "seq": seq}
+    for name, size in given.items():
+        if size is not None and name not in manifest.dynamic_ranges:
+            raise UserError(f"--{name} names no dynamic dimension of this model "
+                            f"({', '.join(manifest.dynamic_ranges) or 'it has none'})")
+    rng = np.random.default_rng(seed)
+
+    def size(dim: int | str) -> int:
+        if isinstance(dim, int):
+            return dim
+        low, high = manifest.dimension_range(dim)
+        return given.get(dim) or min(max(EXAMPLE_SIZE, low), high)
+    feeds = {}
+    for t in manifest.inputs:
+        shape, dtype = [size(d) for d in t.shape], np.dtype(t.dtype)
+        if dtype.kind == "f":
+            feeds[t.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            low, high = t.values or (0, 0)
+            feeds[t.name] = rng.integers(low, high, shape, dtype=dtype, endpoint=True)
+    return feeds
 
 
 def check_feeds(manifest: Manifest, feeds: dict[str, np.ndarray]) -> None:

@@ -1,4 +1,5 @@
-"""validate: run an artifact and the eager PyTorch model on the same random inputs and compare with Polygraphy."""
+"""validate: run an artifact and the eager PyTorch model (or the ONNX file it was built from) on the same random
+inputs and compare with Polygraphy."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 from polygraphy.comparator import Comparator, SimpleCompareFunc
 
-from export.artifact import Manifest
+from export.artifact import Manifest, sha256_file
 from export.builder import rebuild_model
 from export.errors import UserError, one_line
 from export.options import TOLERANCES
-from export.runtime import artifact_feeds, check_feeds, check_sizes, load_artifact
-from fourierformer.configs import LMConfig, config_from_dict
-from fourierformer.models import create_model, example_inputs
+from export.runtime import check_feeds, load_artifact, ort_session, random_feeds
+from fourierformer.configs import config_from_dict
+from fourierformer.models import create_model
 
 log = logging.getLogger(__name__)
 
@@ -102,36 +103,65 @@ def eager_model(directory: Path, manifest: Manifest, checkpoint: Path | None = N
     return rebuild_model(config, manifest.weights, checkpoint)
 
 
-def validate(directory: Path, batch: int = 2, seq: int | None = None, seed: int = 0, atol: float | None = None,
-             rtol: float | None = None, max_norm_error: float | None = None, checkpoint: Path | None = None
+def original_onnx(manifest: Manifest, onnx_file: Path | None) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """The ONNX file an artifact was built from, run in stock ONNX Runtime (no custom ops), as a callable on
+    keyword tensors. The path in the manifest is never followed: the caller names the file, which must have the
+    recorded sha256."""
+    recorded = manifest.weights
+    if onnx_file is None:
+        raise UserError(f"the artifact was built from the ONNX file {recorded['onnx']}: name it with --onnx FILE "
+                        "(a path in a manifest is not followed)")
+    if not onnx_file.is_file():
+        raise UserError(f"ONNX file not found: {onnx_file}")
+    if sha256_file(onnx_file) != recorded["sha256"]:
+        raise UserError(f"{onnx_file} is not the file the artifact was built from (sha256 differs from the "
+                        f"recorded {recorded['sha256'][:12]}...)")
+    session = ort_session(onnx_file, None)
+    names = [t.name for t in manifest.outputs]
+
+    def run(**inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(o) for o in session.run(names, {k: v.numpy() for k, v in inputs.items()}))
+    return run
+
+
+def reference_runner(directory: Path, manifest: Manifest, feeds: dict[str, np.ndarray], checkpoint: Path | None,
+                     onnx_file: Path | None) -> EagerRunner:
+    """What an artifact is compared with: the eager model it was built from, or its original ONNX file."""
+    names = [t.name for t in manifest.outputs]
+    if manifest.config is None:
+        if checkpoint is not None:
+            raise UserError("the artifact was built from an ONNX file, not a checkpoint: drop --checkpoint, "
+                            "give --onnx FILE")
+        return EagerRunner(original_onnx(manifest, onnx_file), names, feeds, name="original-onnx")
+    if onnx_file is not None:
+        raise UserError("--onnx applies to artifacts built from an ONNX file; this one is compared with its "
+                        "eager model")
+    return EagerRunner(eager_model(directory, manifest, checkpoint), names, feeds)
+
+
+def validate(directory: Path, batch: int | None = None, seq: int | None = None, seed: int = 0,
+             atol: float | None = None, rtol: float | None = None, max_norm_error: float | None = None,
+             checkpoint: Path | None = None, onnx_file: Path | None = None
              ) -> tuple[bool, list[OutputError], tuple[float, float, float]]:
-    """Compare the artifact with the eager model; returns (passed, per-output errors, tolerances used).
+    """Compare the artifact with the eager model (or, for one built from an ONNX file, with that file run in
+    stock ONNX Runtime) on random inputs (runtime.random_feeds); returns (passed, per-output errors, tolerances).
 
     Tolerances left as None take the defaults for the artifact's precision (:data:`TOLERANCES`).
     """
     artifact = load_artifact(directory)
     manifest = artifact.manifest
-    model = eager_model(directory, manifest, checkpoint)
-    config = model.config
-    if seq is not None and not isinstance(config, LMConfig):
-        raise UserError("--seq applies to language models only")
-    check_sizes(manifest, {"batch": batch, "seq": seq})
-    try:
-        feeds = artifact_feeds(manifest, example_inputs(config, batch=batch, seq=seq, seed=seed))
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    feeds = random_feeds(manifest, batch, seq, seed)
     check_feeds(manifest, feeds)
+    reference = reference_runner(directory, manifest, feeds, checkpoint, onnx_file)
     defaults = TOLERANCES[manifest.precision]
     atol, rtol, max_norm_error = (d if v is None else v for v, d in zip((atol, rtol, max_norm_error), defaults))
     names = [t.name for t in manifest.outputs]
-    runners = [artifact.polygraphy_runner(), EagerRunner(model, names, feeds)]
     try:
-        results = Comparator.run(runners, data_loader=[feeds])
+        results = Comparator.run([artifact.polygraphy_runner(), reference], data_loader=[feeds])
     except Exception as exc:  # ONNX Runtime's, TensorRT's and Polygraphy's own error types
         raise UserError(f"validate could not run {directory}: {one_line(exc)}") from exc
     accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
-    built, eager = (iterations[0] for _, iterations in results)
-    stats = [error_stats(n, np.asarray(built[n]), np.asarray(eager[n])) for n in names]
+    built, expected = (iterations[0] for _, iterations in results)
+    stats = [error_stats(n, np.asarray(built[n]), np.asarray(expected[n])) for n in names]
     passed = bool(accuracy) and all(s.norm_rel <= max_norm_error for s in stats)
     return passed, stats, (atol, rtol, max_norm_error)
-

@@ -3,14 +3,16 @@
 The exporter, every graph pass, the C++ libraries' attribute lists (checked by
 tests), the documentation and the tests all derive from this module.
 
-Two node forms exist:
+Three node forms exist:
 
 * the *portable* form written by the exporter: domain ``fourierformer``,
   inputs ``(q, k, v, R)`` with the learnable ``R`` a scalar tensor input, and
   the attributes in :data:`NODE_ATTRIBUTES`;
 * the *ONNX Runtime* form implemented by ``libfourierformer_ort.so``: domain
   ``fourierformer.onnxruntime``, inputs ``(q, k, v)``, ``R`` folded into an
-  attribute, i.e. all of :data:`ATTRIBUTES`;
+  attribute, i.e. all of :data:`ATTRIBUTES`; or, where ``R`` is computed at
+  run time (a user's graph input), ``(q, k, v, R)`` with ``R`` a float32
+  one-element tensor overriding the attribute;
 * the *TensorRT* form that TensorRT's ONNX parser maps to the plugin in
   ``libfourierformer_trt.so``: op type = plugin name, inputs ``(q, k, v)``,
   :data:`ATTRIBUTES` as plugin fields plus ``plugin_version`` and

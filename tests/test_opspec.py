@@ -29,7 +29,8 @@ def test_header_names_op_and_domains():
     assert c["kOpType"] == f'"{opspec.OP_TYPE}"'
     assert c["kDomain"] == f'"{opspec.DOMAIN}"' and int(c["kVersion"]) == opspec.VERSION
     assert c["kOrtDomain"] == f'"{opspec.ORT_DOMAIN}"' and int(c["kOrtVersion"]) == opspec.ORT_VERSION
-    assert [c["kInputQ"], c["kInputK"], c["kInputV"]] == [f'"{n}"' for n in opspec.INPUTS[:3]]
+    assert [c["kInputQ"], c["kInputK"], c["kInputV"], c["kInputR"]] == [f'"{n}"' for n in opspec.INPUTS]
+    assert int(c["kNumOrtInputs"]) == len(opspec.INPUTS)  # the ONNX Runtime form: R an optional fourth input
 
 
 def test_header_attributes_match_spec_in_order():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -136,10 +138,11 @@ def test_bad_input_fails_run_with_message(ort_library, change, message):
         ort_session(model.SerializeToString(), ort_library).run(None, inputs)
 
 
+@pytest.mark.parametrize("with_r", [False, True], ids=["3-inputs", "R-input"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=str)
-def test_output_shape_is_inferred_when_the_session_loads(ort_library, dtype):
+def test_output_shape_is_inferred_when_the_session_loads(ort_library, dtype, with_r):
     """The op's shape inference gives out q's shape, symbolic dims included, where the model declares none."""
-    model = ort_op_model({}, dtype)
+    model = _with_r_input(ort_op_model({}, dtype)) if with_r else ort_op_model({}, dtype)
     model.graph.output[0].type.tensor_type.ClearField("shape")
     inferred = ort_session(model.SerializeToString(), ort_library).get_outputs()[0]
     assert inferred.shape == ["B", "H", "Nq", "D"]
@@ -183,6 +186,74 @@ def test_float16_inputs_computed_in_float32(op_session, causal):
     out = op_session(np.float16, causal=causal).run(None, inputs)[0]
     assert out.dtype == np.float16
     assert error_stats("out", out, reference).norm_rel <= 1e-3  # float16 output rounding: 2^-11
+
+
+def _with_r_input(model: onnx.ModelProto, shape: list[int | str] | None = None) -> onnx.ModelProto:
+    """``model`` (an ort_op_model) with a fourth input R: a float32 graph input of ``shape`` (default: a scalar)."""
+    model.graph.input.append(onnx.helper.make_tensor_value_info("R", onnx.TensorProto.FLOAT, shape or []))
+    model.graph.node[0].input.append("R")
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def _r_input_session(library: Path, dtype: str, shape: tuple, causal: int):
+    """A session of the op with R fed at run time, declared of ``shape``; its attribute R=7 must be overridden."""
+    model = _with_r_input(ort_op_model({"R": 7.0, "causal": causal}, np.dtype(dtype)), list(shape))
+    return ort_session(model.SerializeToString(), library)
+
+
+R_INPUT_CASES = [1e-3, 0.1, 1.0, 10.0, 1e4]
+"""R values fed at run time, extreme ones included (inputs scale with 1/R, so the weights stay non-vacuous)."""
+
+
+@pytest.mark.parametrize("causal", [0, 1])
+@pytest.mark.parametrize("shape", [(), (1,), (1, 1)], ids=["scalar", "1", "1x1"])
+@pytest.mark.parametrize("dtype, bound", [(np.float32, MAX_NORM_ERROR_VS_FP64), (np.float16, 1e-3)],
+                         ids=["fp32", "fp16"])
+def test_r_input_overrides_the_attribute_at_each_run(ort_library, dtype, bound, shape, causal):
+    """One session, R changed at each run: each output matches the float64 oracle at that R (float16: of the rounded
+    inputs, within float16's output rounding)."""
+    session = _r_input_session(ort_library, np.dtype(dtype).name, shape, causal)
+    for R in R_INPUT_CASES:
+        inputs = {k: v.astype(dtype) for k, v in attention_inputs(2, 3, 9, 11, 16, R=R, seed=5, spread=0.75).items()}
+        reference, min_row_sum = oracle({k: v.astype(np.float32) for k, v in inputs.items()}, R, 4, 1e-6, causal)
+        assert_not_vacuous(min_row_sum, 1e-6)
+        out = session.run(None, {**inputs, "R": np.full(shape, R, np.float32)})[0]
+        assert out.dtype == dtype
+        assert error_stats("out", out, reference).norm_rel <= bound, f"R={R}"
+
+
+def test_r_input_gives_what_the_attribute_gives(op_session, ort_library):
+    """The 4-input form fed R and the 3-input form with that R as its attribute: the same bits."""
+    inputs = attention_inputs(1, 2, 7, 5, 12, R=2.5, seed=4)
+    with_input = _r_input_session(ort_library, "float32", (), 1).run(None, {**inputs, "R": np.array(2.5, np.float32)})[0]
+    np.testing.assert_array_equal(with_input, op_session(R=2.5, causal=1).run(None, inputs)[0])
+
+
+@pytest.mark.parametrize("value, message", [
+    (0.0, "must be finite and > 0, got R=0$"), (-2.0, "must be finite and > 0, got R=-2$"),
+    (float("nan"), "must be finite and > 0, got R=nan$"), (float("inf"), "must be finite and > 0, got R=inf$"),
+    ([1.0, 2.0], r"must hold exactly one element, got shape \[2\]$"),
+    (np.ones((0,)), r"must hold exactly one element, got shape \[0\]$"),
+], ids=["zero", "negative", "nan", "inf", "two", "none"])
+def test_bad_r_input_fails_run_with_message(ort_library, value, message):
+    """A bad R fails that run with one line naming R and the value; the session then still runs a good one."""
+    session = ort_session(_with_r_input(ort_op_model({}), ["n"]).SerializeToString(), ort_library)
+    inputs = attention_inputs(1, 1, 3, 3, 4, R=1.0)
+    with pytest.raises(Exception) as caught:
+        session.run(None, {**inputs, "R": np.atleast_1d(np.asarray(value, np.float32))})
+    text = str(caught.value).strip()
+    assert "\n" not in text and re.search(f"FourierAttention: input R {message}", text), text
+    assert np.isfinite(session.run(None, {**inputs, "R": np.ones(1, np.float32)})[0]).all()
+
+
+def test_an_omitted_r_input_uses_the_attribute(op_session, ort_library):
+    """A fourth input left empty (an omitted optional input) is the 3-input form: R from the attribute."""
+    model = ort_op_model({"R": 2.5})
+    model.graph.node[0].input.append("")
+    inputs = attention_inputs(1, 2, 6, 6, 8, R=2.5, seed=6)
+    out = ort_session(model.SerializeToString(), ort_library).run(None, inputs)[0]
+    np.testing.assert_array_equal(out, op_session(R=2.5).run(None, inputs)[0])
 
 
 def branch_bound(power: int) -> float:

@@ -85,17 +85,6 @@ def test_passes_are_pure(lm_export):
     assert gs.export_onnx(graph).SerializeToString() == before
 
 
-def test_to_onnxruntime_rejects_non_constant_R():
-    q, k, v, r = (gs.Variable(n, np.float32, s) for n, s in (("q", [1, 1, 2, 4]), ("k", [1, 1, 2, 4]),
-                                                          ("v", [1, 1, 2, 4]), ("R", [])))
-    out = gs.Variable("out", np.float32, [1, 1, 2, 4])
-    node = gs.Node(opspec.OP_TYPE, "fa", {"power": 4, "eps": 1e-6, "causal": 0}, [q, k, v, r], [out],
-                   domain=opspec.DOMAIN)
-    graph = gs.Graph([node], [q, k, v, r], [out])
-    with pytest.raises(ValueError, match="R must be a constant"):
-        to_onnxruntime(graph)
-
-
 def test_cleanup_folds_constants_and_drops_dead_nodes():
     x = gs.Variable("x", np.float32, [2])
     a, b = gs.Constant("a", np.ones(2, np.float32)), gs.Constant("b", np.full(2, 2.0, np.float32))
@@ -158,6 +147,76 @@ def test_to_tensorrt_accepts_the_maximum_and_symbolic_head_dims(d):
 def test_only_the_tensorrt_plugin_has_the_head_dim_limit():
     [node] = to_onnxruntime(_portable_node_graph(opspec.CUDA_MAX_DIM + 1)).nodes
     assert node.domain == opspec.ORT_DOMAIN
+
+
+def _run_time_r_graph(d: int = 8) -> gs.Graph:
+    """:func:`_portable_node_graph` with R computed at run time as the fuse pass writes it: |reshape(R_in)|, R_in a
+    float32 graph input of shape [1]."""
+    graph = _portable_node_graph(d)
+    [node] = graph.nodes
+    r_in, scalar = gs.Variable("R_in", np.float32, [1]), gs.Variable("R_scalar", np.float32, [])
+    node.inputs[3] = gs.Variable("R_abs", np.float32, [])
+    no_dims = gs.Constant("no_dims", np.zeros(0, np.int64))
+    graph.nodes[:0] = [gs.Node("Reshape", "R_reshape", inputs=[r_in, no_dims], outputs=[scalar]),
+                       gs.Node("Abs", "R_abs", inputs=[scalar], outputs=[node.inputs[3]])]
+    graph.inputs.append(r_in)
+    graph.import_domains = [onnx.helper.make_opsetid("", 18), onnx.helper.make_opsetid(opspec.DOMAIN, opspec.VERSION)]
+    return graph
+
+
+def test_to_onnxruntime_keeps_a_run_time_R_as_the_fourth_input():
+    graph = to_onnxruntime(_run_time_r_graph())
+    [node] = [n for n in graph.nodes if n.op == opspec.OP_TYPE]
+    assert node.domain == opspec.ORT_DOMAIN and [t.name for t in node.inputs] == ["q", "k", "v", "R_abs"]
+    assert set(node.attrs) == {a.name for a in opspec.NODE_ATTRIBUTES}  # no R attribute: the input gives it
+
+
+def test_to_onnxruntime_gives_a_float16_run_time_R_to_the_op_in_float32():
+    graph = to_onnxruntime(to_fp16(_run_time_r_graph()))
+    [node] = [n for n in graph.nodes if n.op == opspec.OP_TYPE]
+    assert graph.inputs[-1].dtype == np.float16 and node.inputs[0].dtype == np.float16
+    r = node.inputs[3]
+    assert r.dtype == np.float32 and r.inputs[0].op == "Cast" and r.inputs[0].inputs[0].dtype == np.float16
+
+
+def test_to_onnxruntime_folds_a_constant_R():
+    [node] = to_onnxruntime(_portable_node_graph(8)).nodes
+    assert [t.name for t in node.inputs] == ["q", "k", "v"] and node.attrs["R"] == 1.0
+
+
+def test_to_tensorrt_refuses_a_run_time_R():
+    with pytest.raises(UserError) as caught:
+        to_tensorrt(_run_time_r_graph())
+    message = str(caught.value)
+    assert "\n" not in message and "'fa'" in message and "'R_abs'" in message
+    assert "TensorRT plugin takes R as a constant" in message
+    assert "--backend onnxruntime" in message and "--attention decomposed" in message
+
+
+@pytest.mark.parametrize("attention, precision, bound", [
+    ("plugin", "fp32", 1e-5), ("plugin", "fp16", 1e-3), ("decomposed", "fp32", 1e-5), ("decomposed", "fp16", 1e-3),
+])
+def test_a_run_time_R_builds_for_onnxruntime_and_runs(ort_library, attention, precision, bound):
+    """The build's passes on a run-time R (the op's R input must be float32, or ONNX Runtime refuses the model):
+    each R fed matches the float64 oracle, for the op and the decomposed form (which to_tensorrt's refusal
+    suggests)."""
+    from conftest import assert_not_vacuous, attention_inputs, oracle
+    from export.runtime import ort_session
+    from export.validate import error_stats
+
+    proto = gs.export_onnx(_run_time_r_graph())
+    proto.ir_version = IR_VERSION
+    proto = retarget(proto, passes_for("onnxruntime", attention, precision))
+    ops = [n for n in proto.graph.node if n.op_type == opspec.OP_TYPE]
+    assert [len(n.input) for n in ops] == ([4] if attention == "plugin" else [])
+    session = ort_session(proto.SerializeToString(), ort_library if attention == "plugin" else None)
+    dtype = np.float16 if precision == "fp16" else np.float32
+    for R in (0.25, 2.5, 64.0):  # exact in float16
+        inputs = {k: v.astype(dtype) for k, v in attention_inputs(2, 2, 6, 6, 8, R=R, seed=7).items()}
+        reference, min_row_sum = oracle({k: v.astype(np.float32) for k, v in inputs.items()}, R, 4, 1e-6, 0)
+        assert_not_vacuous(min_row_sum, 1e-6)
+        out = session.run(None, {**inputs, "R_in": np.array([-R], dtype)})[0]
+        assert out.dtype == dtype and error_stats("out", out, reference).norm_rel <= bound, f"R={R}"
 
 
 @pytest.mark.parametrize("nq, nk, d, R, power, causal", [

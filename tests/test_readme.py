@@ -44,3 +44,27 @@ def test_readme_python_example_runs_as_written(tmp_path, ort_library):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "(4, 10)"
     assert (tmp_path / "engines/built/tiny-vit-api/manifest.json").is_file()
+
+
+def _fenced(section: str, language: str) -> str:
+    """The ```language fenced block of a README section."""
+    text = (REPO / "README.md").read_text().split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    return text.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_bring_your_own_model_runs_as_written(tmp_path, ort_library):
+    """The Python example (export.compile), then the command lines on the file it kept, in a fresh folder."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", _fenced("Bring your own model", "python")], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "1"
+    outputs = []
+    for line in _fenced("Bring your own model", "sh").strip().splitlines():
+        command = line.split()
+        assert command[:3] == ["python", "-m", "export"], line
+        done = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, f"{line}\n{done.stderr[-3000:]}"
+        outputs.append(done.stdout)
+    assert outputs[0].startswith("fused 1 of 1 candidate") and "PASSED" in outputs[-1]

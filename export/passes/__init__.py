@@ -8,7 +8,9 @@ from export.passes.cleanup import cleanup
 from export.passes.custom_op import to_onnxruntime, to_tensorrt
 from export.passes.decompose import decompose
 from export.passes.fp16 import to_fp16
+from export.passes.fuse import Candidate, FuseReport, fuse, fuse_with_report
 
 GraphPass = Callable[[gs.Graph], gs.Graph]
 
-__all__ = ["GraphPass", "cleanup", "decompose", "to_fp16", "to_onnxruntime", "to_tensorrt"]
+__all__ = ["Candidate", "FuseReport", "GraphPass", "cleanup", "decompose", "fuse", "fuse_with_report", "to_fp16",
+           "to_onnxruntime", "to_tensorrt"]

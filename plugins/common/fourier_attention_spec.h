@@ -23,11 +23,13 @@ constexpr int kVersion = 1;
 constexpr char kOrtDomain[] = "fourierformer.onnxruntime";
 constexpr int kOrtVersion = 1;
 
-// Inputs of the ONNX Runtime form (R is folded into an attribute there).
-constexpr int kNumOrtInputs = 3;
+// Inputs of the ONNX Runtime form: q, k, v and an optional R (absent: the attribute R; present, a float32 tensor
+// of one element read at each run: it overrides the attribute).
+constexpr int kNumOrtInputs = 4;
 constexpr char kInputQ[] = "q";
 constexpr char kInputK[] = "k";
 constexpr char kInputV[] = "v";
+constexpr char kInputR[] = "R";
 constexpr char kOutputOut[] = "out";
 
 // Attributes, in opspec.ATTRIBUTES order.

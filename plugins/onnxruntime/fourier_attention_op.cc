@@ -1,7 +1,8 @@
 // ONNX Runtime custom-op library: FourierAttention (domain fourierformer.onnxruntime, v1).
 //
-// Inputs q[B,H,Nq,D], k[B,H,Nk,D], v[B,H,Nk,D] (float32, or float16 computed in float32);
-// output out[B,H,Nq,D] of the same type; attributes R, power, eps, causal (see
+// Inputs q[B,H,Nq,D], k[B,H,Nk,D], v[B,H,Nk,D] (float32, or float16 computed in float32) and an
+// optional R (float32, one element, read at each run: it overrides the attribute R, for an R fed at
+// run time); output out[B,H,Nq,D] of q's type; attributes R, power, eps, causal (see
 // common/fourier_attention_spec.h). Errors never escape as C++ exceptions: kernel creation
 // and compute use the *V2 entry points and return an OrtStatus naming the problem.
 #define ORT_API_MANUAL_INIT
@@ -27,6 +28,8 @@
 namespace {
 
 namespace fs = fourierformer::spec;
+
+constexpr size_t kIndexR = fs::kNumOrtInputs - 1;  // the optional input R, after q, k, v
 
 template <typename T> struct ElemTraits;
 template <> struct ElemTraits<float> {
@@ -109,6 +112,25 @@ std::string shape_problem(const std::vector<int64_t> (&shp)[3]) {
   return {};
 }
 
+// R of this run into *R: the input R where the node has one (one element, finite, > 0), else `attr`.
+OrtStatus* run_r(const OrtApi& api, const Ort::KernelContext& ctx, float attr, float* R) {
+  *R = attr;
+  if (ctx.GetInputCount() <= kIndexR) return nullptr;
+  const Ort::ConstValue r = ctx.GetInput(kIndexR);
+  if (!r) return nullptr;  // an omitted optional input (empty name)
+  if (!r.IsTensor()) return make_status(api, ORT_INVALID_ARGUMENT, "FourierAttention: input R must be a tensor");
+  const auto info = r.GetTensorTypeAndShapeInfo();
+  if (info.GetElementCount() != 1)
+    return make_status(api, ORT_INVALID_ARGUMENT, "FourierAttention: input R must hold exactly one element, got shape " +
+                                                      shape_str(info.GetShape()));
+  const float value = *r.GetTensorData<float>();
+  if (!(std::isfinite(value) && value > 0))
+    return make_status(api, ORT_INVALID_ARGUMENT,
+                       "FourierAttention: input R must be finite and > 0, got R=" + fmt_float(value));
+  *R = value;
+  return nullptr;
+}
+
 struct AlignedBuffer {
   void* p = nullptr;
   ~AlignedBuffer() {
@@ -165,10 +187,10 @@ struct FourierAttentionKernel {
  private:
   OrtStatusPtr Compute(OrtKernelContext* context) {
     Ort::KernelContext ctx(context);
-    if (ctx.GetInputCount() != 3)
+    if (const size_t count = ctx.GetInputCount(); count != kIndexR && count != kIndexR + 1)
       return make_status(api_, ORT_INVALID_ARGUMENT,
-                         "FourierAttention: expected 3 inputs (q, k, v), got " +
-                             std::to_string(ctx.GetInputCount()));
+                         "FourierAttention: expected 3 inputs (q, k, v) or 4 (q, k, v, R), got " +
+                             std::to_string(count));
     const char* names[3] = {fs::kInputQ, fs::kInputK, fs::kInputV};
     Ort::ConstValue in[3] = {ctx.GetInput(0), ctx.GetInput(1), ctx.GetInput(2)};
     std::vector<int64_t> shp[3];
@@ -188,7 +210,7 @@ struct FourierAttentionKernel {
     p.nq = qs[2];
     p.nk = ks[2];
     p.dim = qs[3];
-    p.R = attrs_.R;
+    if (OrtStatus* st = run_r(api_, ctx, attrs_.R, &p.R)) return st;
     p.power = attrs_.power;
     p.eps = attrs_.eps;
     p.causal = attrs_.causal;
@@ -266,10 +288,10 @@ struct FourierAttentionOp : Ort::CustomOpBase<FourierAttentionOp<T>, FourierAtte
 
   FourierAttentionOp() { OrtCustomOp::InferOutputShapeFn = &InferShape; }
 
-  // Graph-load shape inference (ONNX Runtime >= 1.17): out gets q's type and shape, symbolic dims kept, when the
-  // shapes of q, k, v can work; else nothing is inferred and Compute reports the problem when it runs (ONNX
-  // Runtime ignores a status returned from here, so none is). Written against the C API: the C++ wrapper of
-  // these headers marks symbolic output dims with -2, which newer runtimes refuse.
+  // Graph-load shape inference (ONNX Runtime >= 1.17), with or without the input R: out gets q's type and shape,
+  // symbolic dims kept, when the shapes of q, k, v can work; else nothing is inferred and Compute reports the
+  // problem when it runs (ONNX Runtime ignores a status returned from here, so none is). Written against the C
+  // API: the C++ wrapper of these headers marks symbolic output dims with -2, which newer runtimes refuse.
   static OrtStatusPtr InferShape(const OrtCustomOp*, OrtShapeInferContext* ctx) noexcept {
     const OrtApi& api = Ort::GetApi();
     const auto ok = [&api](OrtStatus* st) {
@@ -278,7 +300,8 @@ struct FourierAttentionOp : Ort::CustomOpBase<FourierAttentionOp<T>, FourierAtte
     };
     try {
       size_t count = 0;
-      if (!ok(api.ShapeInferContext_GetInputCount(ctx, &count)) || count != 3) return nullptr;
+      if (!ok(api.ShapeInferContext_GetInputCount(ctx, &count)) || count < kIndexR || count > kIndexR + 1)
+        return nullptr;
       std::vector<int64_t> shp[3];
       std::vector<const char*> symbols;  // q's symbolic dim names ("" where a dim is a number)
       ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // q's (one schema serves all T)
@@ -313,8 +336,14 @@ struct FourierAttentionOp : Ort::CustomOpBase<FourierAttentionOp<T>, FourierAtte
 
   const char* GetName() const { return fs::kOpType; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetInputTypeCount() const { return 3; }
-  ONNXTensorElementDataType GetInputType(size_t) const { return ElemTraits<T>::kOnnx; }
+  size_t GetInputTypeCount() const { return fs::kNumOrtInputs; }
+  // R is float32 in both variants (the portable form's type; to_onnxruntime casts a float16 one).
+  ONNXTensorElementDataType GetInputType(size_t i) const {
+    return i == kIndexR ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ElemTraits<T>::kOnnx;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+    return i == kIndexR ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ElemTraits<T>::kOnnx; }
 };
