@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
+import numpy as np
+
 from export.errors import UserError
 from export.options import ATTENTIONS, BACKENDS, MAX_BATCH, MAX_SEED, PRECISIONS
 from fourierformer.configs import LMConfig, ModelConfig, config_from_dict, io_shapes
@@ -276,6 +278,8 @@ def write_manifest(directory: Path, manifest: Manifest) -> None:
 
 
 MAX_MANIFEST_BYTES = 1 << 24
+MAX_DIM = 1 << 31
+"""The largest fixed size of an axis a manifest may give."""
 ENUMS = {"backend": BACKENDS, "precision": PRECISIONS, "attention": ATTENTIONS}
 DTYPES = ("float32", "float16", "int64", "int32")
 """The tensor dtypes an artifact's inputs and outputs may have."""
@@ -328,6 +332,14 @@ def _dataclass(cls: type, data: Any, where: str) -> Any:
     return cls(**{name: _typed(value, hints[name], prefix + name) for name, value in data.items()})
 
 
+def check_manifest(manifest: Manifest) -> None:
+    """UserError unless ``manifest`` is one this tool would load (a build checks its own before writing it)."""
+    try:
+        _check_values(manifest)
+    except ValueError as exc:
+        raise UserError(f"the artifact's manifest would not be valid: {exc}") from exc
+
+
 def _check_values(manifest: Manifest) -> None:
     """ValueError naming the first field whose value is outside what the tool accepts."""
     if manifest.format_version != FORMAT_VERSION:
@@ -358,10 +370,15 @@ def _check_values(manifest: Manifest) -> None:
                 raise ValueError(f"field {kind}[{i}].dtype is {tensor.dtype!r}; expected one of {', '.join(DTYPES)}")
             if tensor.values is not None and (len(tensor.values) != 2 or tensor.values[0] > tensor.values[1]):
                 raise ValueError(f"field {kind}[{i}].values must be [low, high] with low <= high")
+            if tensor.values is not None and np.dtype(tensor.dtype).kind in "iu":
+                info = np.iinfo(np.dtype(tensor.dtype))
+                if not info.min <= tensor.values[0] <= tensor.values[1] <= info.max:
+                    raise ValueError(f"field {kind}[{i}].values must lie within {tensor.dtype}")
             for dim in tensor.shape:
-                if isinstance(dim, str) and dim not in manifest.dynamic_ranges or isinstance(dim, int) and dim < 1:
-                    raise ValueError(f"field {kind}[{i}].shape has {dim!r}: neither a size >= 1 nor a dimension "
-                                     "named in dynamic_ranges")
+                named = isinstance(dim, str) and (dim in manifest.dynamic_ranges or kind == "outputs")
+                if not named and not (isinstance(dim, int) and 1 <= dim <= MAX_DIM):
+                    raise ValueError(f"field {kind}[{i}].shape has {dim!r}: neither a size in 1..{MAX_DIM} nor a "
+                                     "dimension named in dynamic_ranges")
     if config is not None:
         _check_against_config(manifest, config)
     on_tensorrt = manifest.backend == "tensorrt"

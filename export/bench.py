@@ -665,7 +665,7 @@ def models_markdown(results: list[ModelResult]) -> str:
 def breakdown_markdown(results: list[ModelResult]) -> str:
     """Where each profiled variant's median goes: ms and share per time_breakdown category; "" if none was."""
     categories = time_breakdown.CATEGORIES
-    rows = [f"| model | batch | seq | variant | median ms | {' | '.join(categories)} |",
+    rows = [f"| model | batch | seq | variant | median ms | {' | '.join(f'{c} ms (share)' for c in categories)} |",
             "|---|---|---|---|---|" + "---|" * len(categories)]
     for r in results:
         for name, shares in r.shares.items():

@@ -7,6 +7,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -14,13 +15,13 @@ import onnx_graphsurgeon as gs
 import torch
 
 from export import cpu_kernel, plugin_library
-from export.artifact import Manifest, TensorInfo, TensorRTInfo, check_replaceable, staging_directory, write_manifest
+from export.artifact import Manifest, TensorRTInfo, check_manifest, check_replaceable, staging_directory, write_manifest
 from export.errors import UserError, one_line
 from export.onnx_export import export_onnx
 from export.options import (ATTENTIONS, BACKENDS, BUILT_DIR, MAX_BATCH, PRECISIONS, BuildOptions, Profiles,
                             check_applicable, default_timing_cache)
 from export.passes import GraphPass, cleanup, decompose, to_fp16, to_onnxruntime, to_tensorrt
-from export.onnx_source import dynamic_dims, fused_source, index_bounds
+from export.onnx_source import dynamic_dims, fused_source, index_bounds, tensor_infos
 from export.runtime import Artifact, ort_session, random_feeds
 from export.tensorrt_backend import (check_compute_capabilities, gpu_missing_reason, installed_flavour,
                                      load_tensorrt, plugin_tensorrt_version)
@@ -142,19 +143,6 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _tensor_infos(values: list[onnx.ValueInfoProto], bounds: dict[str, list[int]] | None = None) -> list[TensorInfo]:
-    """Name, numpy dtype and shape (dim names for dynamic axes) of graph inputs or outputs, with value bounds."""
-    return [
-        TensorInfo(
-            v.name,
-            onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-            [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
-            (bounds or {}).get(v.name),
-        )
-        for v in values
-    ]
-
-
 def value_bounds(config: ModelConfig) -> dict[str, list[int]]:
     """The values an integer input may hold: an LM's token ids lie in its vocabulary (ONNX's Gather would wrap
     -1 to the last row, where the eager model raises)."""
@@ -195,7 +183,10 @@ def retarget(proto: onnx.ModelProto, passes: tuple[GraphPass, ...]) -> onnx.Mode
             raise UserError(f"pass {graph_pass.__name__}: {one_line(exc)}") from exc
     result = gs.export_onnx(graph)
     result.ir_version = proto.ir_version
-    onnx.checker.check_model(result)
+    try:
+        onnx.checker.check_model(result)
+    except onnx.checker.ValidationError as exc:
+        raise UserError(f"the transformed model is not valid ONNX: {one_line(exc)}") from exc
     return result
 
 
@@ -243,20 +234,21 @@ def _onnx_source(path: Path) -> Source:
 def _onnx_profiles(ranges: Profiles, shapes: Profiles | None, path: Path) -> Profiles:
     """TensorRT profiles of a user's ONNX model: --shapes must give each of its dynamic dimensions."""
     shapes = shapes or {}
-    if missing := [name for name in ranges if name not in shapes]:
-        raise UserError(f"TensorRT needs a profile for each dynamic dimension of {path}: give --shapes "
-                        + " ".join(f"{name}=MIN:OPT:MAX" for name in missing))
     for name, (low, opt, high) in shapes.items():
         if name not in ranges:
             raise UserError(f"--shapes names {name!r}, which is not a dynamic dimension of {path} "
                             f"({', '.join(ranges) or 'it has none'})")
         if not 1 <= low <= opt <= high <= MAX_BATCH:
             raise UserError(f"profile {name}={low}:{opt}:{high} must satisfy 1 <= min <= opt <= max <= {MAX_BATCH}")
+    if missing := [name for name in ranges if name not in shapes]:
+        raise UserError(f"TensorRT needs a profile for each dynamic dimension of {path}: give --shapes "
+                        + " ".join(f"{name}=MIN:OPT:MAX" for name in missing))
     return dict(shapes)
 
 
-def build_engine(options: BuildOptions) -> tuple[Path, Manifest]:
-    """Build the artifact directory atomically; returns where it is and its manifest."""
+def build_engine(options: BuildOptions, verify: Callable[[Path], object] | None = None) -> tuple[Path, Manifest]:
+    """Build the artifact directory atomically; returns where it is and its manifest. ``verify(staging)``, if
+    given, checks the finished artifact before it replaces anything at ``out`` (raise to refuse it)."""
     backend = resolve_backend(options.backend)
     check_applicable(options, backend)
     if backend == "tensorrt":
@@ -285,7 +277,7 @@ def build_engine(options: BuildOptions) -> tuple[Path, Manifest]:
     manifest = Manifest(
         model=source.name, config=config_to_dict(source.config) if source.config else None, weights=source.weights,
         backend=backend, precision=options.precision, attention=attention, onnx_file=ONNX_FILE,
-        inputs=_tensor_infos(list(proto.graph.input), source.bounds), outputs=_tensor_infos(list(proto.graph.output)),
+        inputs=tensor_infos(list(proto.graph.input), source.bounds), outputs=tensor_infos(list(proto.graph.output)),
         dynamic_ranges={name: [low, high] for name, (low, _, high) in profiles.items()}, versions=_versions(),
         plugin_library=library.name if library else None, fused_layers=source.fused_layers,
     )
@@ -308,7 +300,10 @@ def build_engine(options: BuildOptions) -> tuple[Path, Manifest]:
             manifest.tensorrt = TensorRTInfo(trt.flavour, trt.version, list(options.compute_capabilities),
                                              {name: list(p) for name, p in profiles.items()},
                                              plugin_tensorrt_version(library) if library else None)
+        check_manifest(manifest)  # what every later command will load
         log.info("[4/5] hashing files")
         write_manifest(staging, manifest)
+        if verify is not None:
+            verify(staging)
         log.info("[5/5] writing %s", out)
     return out, manifest

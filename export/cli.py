@@ -66,7 +66,8 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
                              "the path and sha256, but no path in a manifest is followed)")
     parser.add_argument("--onnx", type=Path,
                         help="the ONNX file the artifact was built from (build-engine --onnx): the reference, run in "
-                             "stock ONNX Runtime (recorded by sha256; no path in a manifest is followed)")
+                             "stock ONNX Runtime (recorded by sha256; no path in a manifest is followed); bench --onnx FILE "
+                             "without DIR times the file itself")
 
 
 def _add_inputs(parser: argparse.ArgumentParser) -> None:
@@ -148,7 +149,7 @@ def cmd_build_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_onnx(args: argparse.Namespace) -> int:
-    """Export the portable ONNX model (custom-domain FourierAttention nodes)."""
+    """Export the portable ONNX model (custom-domain FourierAttention nodes), or with --plain a plain one."""
     import onnx
     import onnx_graphsurgeon as gs
 
@@ -159,7 +160,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
 
     check_creatable(args.out, "the ONNX model")
     loaded = load_model(args.model, args.checkpoint, args.seed, args.ema)
-    proto = gs.export_onnx(cleanup(gs.import_onnx(export_onnx(loaded.model, loaded.config, args.opset))))
+    proto = gs.export_onnx(cleanup(gs.import_onnx(export_onnx(loaded.model, loaded.config, args.opset, args.plain))))
     onnx.checker.check_model(proto)
     write_atomically(args.out, proto.SerializeToString(), "the ONNX model")
     print(args.out)
@@ -308,10 +309,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from export.bench import (MODEL_CASES, bench, bench_model, breakdown_markdown, check_device, machine, markdown,
                               models_markdown, roofline, write_report)
 
-    if args.artifact is not None:
+    if args.artifact is not None or args.onnx is not None:
         return _bench_artifact(args)
-    _refuse((("--batch", args.batch), ("--seq", args.seq), ("--json", args.json), ("--checkpoint", args.checkpoint),
-             ("--onnx", args.onnx)), "applies to timing an artifact (bench DIR) only")
+    _refuse((("--batch", args.batch), ("--seq", args.seq), ("--json", args.json), ("--checkpoint", args.checkpoint)),
+            "applies to timing an artifact (bench DIR) only")
     args.device = args.device or "cpu"
     check_device(args.device)
     if args.out:
@@ -377,23 +378,30 @@ DEFAULT_BENCH_BATCH = {"cpu": "1,4", "cuda": "4,8"}
 
 
 def _bench_artifact(args: argparse.Namespace) -> int:
-    """bench DIR: validate, then time a built artifact per batch size (latency percentiles, throughput)."""
+    """bench DIR: validate, then time a built artifact per batch size (latency percentiles, throughput); bench
+    --onnx FILE without DIR: time the file as it is in stock ONNX Runtime."""
     from export import artifact_bench
     from export.artifact import load_manifest
+    from export.onnx_source import describe_onnx
 
     _refuse((("--device", args.device), ("--sizes", args.sizes), ("--causal", args.causal), ("--models", args.models),
              ("--out", args.out)), "applies to the op benchmark, not to timing an artifact (bench DIR)")
-    manifest = load_manifest(args.artifact)
+    timed = args.artifact or args.onnx
+    manifest = load_manifest(args.artifact) if args.artifact is not None else describe_onnx(args.onnx)
     low, high = manifest.dynamic_ranges.get("batch", (1, 1))
     batches = args.batch or (sorted({low, min(max(low, 8), high)}) if "batch" in manifest.dynamic_ranges
                              or manifest.config is not None else [None])
-    timings = artifact_bench.bench_artifact(args.artifact, batches, args.seq,
-                                            50 if args.repeats is None else args.repeats,
-                                            5 if args.warmup is None else args.warmup, args.checkpoint, args.onnx)
-    if args.json:
-        _print_json(args, artifact_bench.to_json(args.artifact, timings))
+    repeats, warmup = 50 if args.repeats is None else args.repeats, 5 if args.warmup is None else args.warmup
+    if args.artifact is None:
+        _refuse((("--checkpoint", args.checkpoint),), "applies to an artifact (bench DIR)")
+        timings = artifact_bench.bench_onnx_file(args.onnx, batches, args.seq, repeats, warmup)
     else:
-        print(artifact_bench.markdown(args.artifact, timings))
+        timings = artifact_bench.bench_artifact(args.artifact, batches, args.seq, repeats, warmup, args.checkpoint,
+                                                args.onnx)
+    if args.json:
+        _print_json(args, artifact_bench.to_json(timed, timings))
+    else:
+        print(artifact_bench.markdown(timed, timings))
     return EXIT_OK
 
 
@@ -469,6 +477,9 @@ def make_parser() -> argparse.ArgumentParser:
     _add_weights(p)
     p.add_argument("--opset", type=_integer(*OPSETS), default=OPSET, help=f"ONNX opset, {OPSETS[0]} to {OPSETS[1]} (default {OPSET})")
     p.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    p.add_argument("--plain", action="store_true",
+                   help="write the attention in standard ONNX ops, as a plain torch.onnx.export does (runs in stock "
+                        "ONNX Runtime; build-engine --onnx fuses it back)")
     p.set_defaults(func=cmd_onnx)
 
     p = command("build-engine", help="build a verified deployment artifact directory (the main job)",
@@ -501,7 +512,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="plugin: our fused custom op; decomposed: standard ONNX ops (any runtime, TensorRT-RTX); "
                         "auto (default): plugin, except decomposed on TensorRT-RTX")
     p.add_argument("--shapes", type=_profile, nargs="+", metavar="NAME=MIN:OPT:MAX",
-                   help="TensorRT optimization profile per dynamic dimension (default batch=1:1:16, seq=1:CONTEXT:CONTEXT)")
+                   help="TensorRT optimization profile per dynamic dimension (default batch=1:1:16, seq=1:CONTEXT:CONTEXT; "
+                        "with --onnx: one for each of the file's dynamic dimensions, by its name)")
     p.add_argument("--compute-capability", type=_capabilities, metavar="CC[,CC]",
                    help="TensorRT-RTX: build ahead of time for these GPUs, e.g. 86,89 (no GPU needed)")
     p.add_argument("--timing-cache", type=Path,
@@ -572,9 +584,12 @@ def make_parser() -> argparse.ArgumentParser:
                             "ONNX Runtime op, our PyTorch op (the CPU kernel); cuda: eager float32/float16, "
                             "our CUDA kernel in float32/float16, TensorRT engines of the op in float32/float16 "
                             "(needs tensorrt or tensorrt-rtx). PyTorch's softmax scaled_dot_product_attention "
-                            "is timed at the same shape as the cost reference. With DIR, a built artifact: "
+                            "is timed at the same shape as the cost reference. On the CPU the first line names the "
+                            "kernel's instruction-set path that ran (cpu_kernel_path); FF_CPU_ISA=avx512, avx2 or "
+                            "baseline forces one. With DIR, a built artifact: "
                             "validate it, then time it per --batch (p50/p90/p99 latency and throughput), as "
-                            "trtexec --loadEngine and polygraphy run do.")
+                            "trtexec --loadEngine and polygraphy run do; with --onnx FILE and no DIR, the file as "
+                            "it is in stock ONNX Runtime (the baseline of build-engine --onnx).")
     p.add_argument("artifact", type=Path, nargs="?",
                    help="time this built artifact instead (validated first; p50/p90/p99 latency and throughput per "
                         "--batch)")
@@ -589,8 +604,9 @@ def make_parser() -> argparse.ArgumentParser:
                         "1,4 on the CPU and 4,8 on a GPU)")
     p.add_argument("--causal", action="store_true", help="also time the causal variant")
     p.add_argument("--models", action="store_true",
-                   help="model level instead: DeiT-tiny batch 1 and 64, lm-small context 256; eager float32 vs "
-                        "our op (cpu: ONNX Runtime and PyTorch; cuda: float16 with a CUDA graph, and a float16 "
+                   help="model level instead: DeiT-tiny batch 1 and 64, lm-small context 256, lm-medium context 384; "
+                        "eager float32 vs our op (cpu: ONNX Runtime and PyTorch, with where the time goes: the "
+                        "attention op, matrix products, the rest; cuda: float16 with a CUDA graph, and a float16 "
                         "TensorRT engine)")
     p.add_argument("--repeats", type=_integer(1), help="timed runs per implementation (default 5; with --models 3; with DIR 50)")
     p.add_argument("--warmup", type=_integer(0), help="untimed runs first (default 1; with DIR 5)")

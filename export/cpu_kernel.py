@@ -8,6 +8,7 @@ environment variable ``FF_CPU_ISA`` (auto, avx512, avx2, baseline): ``isa()`` na
 from __future__ import annotations
 
 import contextlib
+import os
 import ctypes
 import functools
 from collections.abc import Iterator
@@ -52,7 +53,7 @@ def isa() -> str:
     Raises UserError where ``FF_CPU_ISA`` names an unknown path or one this CPU cannot run."""
     lib = library()
     if (error := lib.ff_cpu_isa_error()) is not None:
-        raise UserError(error.decode())
+        raise UserError(f"{error.decode()}; got FF_CPU_ISA={os.environ.get('FF_CPU_ISA', '')!r}")
     return lib.ff_cpu_isa().decode()
 
 

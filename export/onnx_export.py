@@ -12,9 +12,10 @@ import onnx
 import torch
 from torch import nn
 
-from export.errors import UserError
+from export.errors import UserError, one_line
 from export.options import MAX_BATCH, OPSET
 from fourierformer import opspec
+from fourierformer.attention import FourierAttention, fourier_attention_reference
 from fourierformer.configs import LMConfig, ModelConfig
 from fourierformer.models import example_inputs, output_names
 
@@ -54,11 +55,39 @@ def _quiet_torch() -> Iterator[None]:
                 logger.setLevel(level)
 
 
-def export_onnx(model: nn.Module, config: ModelConfig, opset: int = OPSET) -> onnx.ModelProto:
-    """Export ``model`` with the dynamo exporter and check the result with ``onnx.checker``."""
+class _PlainAttention(nn.Module):
+    """A FourierAttention layer's computation as the eager reference writes it, for a plain export."""
+
+    def __init__(self, layer: FourierAttention):
+        super().__init__()
+        self.R, self.power, self.eps, self.causal = layer.paramR, layer.power, layer.eps, layer.causal
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return fourier_attention_reference(q, k, v, self.R.reshape(()).abs(), self.power, self.eps, self.causal)
+
+
+@contextlib.contextmanager
+def _plain_attention(model: nn.Module) -> Iterator[None]:
+    """Every FourierAttention layer of ``model`` computed in plain PyTorch ops (what a general-purpose exporter
+    sees), restored afterwards."""
+    layers = [m for m in model.modules() if isinstance(m, FourierAttention)]
+    saved = [layer.fused for layer in layers]
+    for layer in layers:
+        layer.fused = _PlainAttention(layer)
+    try:
+        yield
+    finally:
+        for layer, fused in zip(layers, saved):
+            layer.fused = fused
+
+
+def export_onnx(model: nn.Module, config: ModelConfig, opset: int = OPSET, plain: bool = False) -> onnx.ModelProto:
+    """Export ``model`` with the dynamo exporter and check the result with ``onnx.checker``; with ``plain`` the
+    attention is written in standard ONNX ops as a plain ``torch.onnx.export`` writes it, not as our node."""
     inputs = example_inputs(config, batch=2, seq=None if not isinstance(config, LMConfig) else min(8, config.tgt_len))
     quiet = io.StringIO()
-    with torch.no_grad(), contextlib.redirect_stdout(quiet), _quiet_torch():
+    with torch.no_grad(), contextlib.redirect_stdout(quiet), _quiet_torch(), \
+            (_plain_attention(model) if plain else contextlib.nullcontext()):
         program = torch.onnx.export(
             model, (), kwargs=inputs, dynamo=True, dynamic_shapes=_dynamic_shapes(config),
             input_names=list(inputs), output_names=output_names(config), opset_version=opset,
@@ -86,6 +115,6 @@ def export_module(module: nn.Module, example_inputs: dict[str, torch.Tensor], op
                                         dynamic_shapes=dynamic_shapes, input_names=list(example_inputs),
                                         opset_version=opset)
     except Exception as exc:  # torch.export's and the ONNX exporter's many error types
-        raise UserError(f"torch.onnx.export cannot export {type(module).__name__}: {str(exc).splitlines()[0]}") from exc
+        raise UserError(f"torch.onnx.export cannot export {type(module).__name__}: {one_line(exc)}") from exc
     log.debug("%s", quiet.getvalue())
     return program.model_proto

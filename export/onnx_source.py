@@ -16,14 +16,17 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import external_data_helper
 
+from export.artifact import DTYPES, Manifest, TensorInfo
 from export.errors import UserError, one_line
+from export.options import MAX_BATCH
 from export.passes import FuseReport, fuse_with_report
 from export.passes.custom_op import fourier_nodes
 
 log = logging.getLogger(__name__)
 
-MAX_ONNX_BYTES = 2 << 30
-"""Largest model file read (protobuf's limit for one message); weights beyond it belong in external data."""
+MAX_ONNX_BYTES = (1 << 31) - 1
+"""Largest model read, its external data included: protobuf's limit for one message (larger models are not
+supported yet)."""
 
 
 @dataclass(frozen=True)
@@ -48,37 +51,46 @@ def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                 yield from _tensors(sub)
 
 
-def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
-    """Load the tensors stored outside the model, each from a plain relative file in the model's folder;
-    UserError for one that names anything else or a missing file."""
-    folder = path.parent
+def _external_file(tensor: onnx.TensorProto, path: Path) -> Path:
+    """The file in the model's folder that holds ``tensor``'s data; UserError if it names anything else."""
+    location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+    name, folder = PurePosixPath(location), path.parent
+    if not location or "\0" in location or "\\" in location or name.is_absolute() or ".." in name.parts \
+            or not (folder / location).resolve().is_relative_to(folder.resolve()):
+        raise UserError(f"{path}: tensor {tensor.name!r} keeps its data in {location!r}, outside the model's "
+                        "folder (refused)")
+    if not (folder / location).is_file():
+        raise UserError(f"{path}: tensor {tensor.name!r} keeps its data in {location!r}, which is missing")
+    return folder / location
+
+
+def _load_external_data(proto: onnx.ModelProto, path: Path, budget: int) -> None:
+    """Load the tensors stored outside the model, each from a plain relative file in the model's folder, at most
+    ``budget`` bytes in all; UserError for one that names anything else, a missing or short file, or too much."""
     for tensor in _tensors(proto.graph):
         if not external_data_helper.uses_external_data(tensor):
             continue
-        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
-        name = PurePosixPath(location)
-        resolved = (folder / location).resolve()
-        if not location or name.is_absolute() or ".." in name.parts or "\\" in location \
-                or not resolved.is_relative_to(folder.resolve()):
-            raise UserError(f"{path}: tensor {tensor.name!r} keeps its data in {location!r}, outside the model's "
-                            "folder (refused)")
-        if not resolved.is_file():
-            raise UserError(f"{path}: tensor {tensor.name!r} keeps its data in {location!r}, which is missing")
+        location = _external_file(tensor, path)
         try:
-            external_data_helper.load_external_data_for_tensor(tensor, str(folder))
+            external_data_helper.load_external_data_for_tensor(tensor, str(path.parent))
         except Exception as exc:  # a short file, a bad offset
-            raise UserError(f"{path}: cannot read tensor {tensor.name!r} from {location!r}: {one_line(exc)}") from exc
+            raise UserError(f"{path}: cannot read tensor {tensor.name!r} from {location.name}: "
+                            f"{one_line(exc)}") from exc
+        budget -= len(tensor.raw_data)
+        if budget < 0:
+            raise UserError(f"{path}: the model and its external data are larger than {MAX_ONNX_BYTES >> 20} MiB "
+                            "(models over 2 GiB are not supported yet)")
         tensor.data_location = onnx.TensorProto.DEFAULT
         del tensor.external_data[:]
 
 
 def read_onnx(path: Path) -> tuple[onnx.ModelProto, str]:
-    """The model in ``path`` with its external data loaded, and the sha256 of the file; UserError if it is not
-    a readable ONNX model."""
+    """The model in ``path`` with its external data loaded, and the sha256 of the model file (its external data
+    files are not hashed); UserError if it is not a valid ONNX model."""
     if not path.is_file():
         raise UserError(f"ONNX file not found: {path}")
     if path.stat().st_size > MAX_ONNX_BYTES:
-        raise UserError(f"{path} is larger than {MAX_ONNX_BYTES >> 30} GiB: keep its weights in external data")
+        raise UserError(f"{path} is larger than {MAX_ONNX_BYTES >> 20} MiB (models over 2 GiB are not supported yet)")
     data = path.read_bytes()
     try:
         proto = onnx.load_model_from_string(data)
@@ -86,7 +98,11 @@ def read_onnx(path: Path) -> tuple[onnx.ModelProto, str]:
         raise UserError(f"{path} is not an ONNX model: {one_line(exc)}") from exc
     if not proto.graph.node:
         raise UserError(f"{path} is not an ONNX model: its graph has no nodes")
-    _load_external_data(proto, path)
+    _load_external_data(proto, path, MAX_ONNX_BYTES - len(data))
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise UserError(f"{path} is not a valid ONNX model: {one_line(exc)}") from exc
     return proto, hashlib.sha256(data).hexdigest()
 
 
@@ -110,7 +126,7 @@ def fused_source(path: Path) -> OnnxSource:
     return OnnxSource(fused, sha256, report, layers)
 
 
-LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
+LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast"})
 """Ops that move an integer input's values without changing them, on the way to an embedding lookup."""
 
 
@@ -130,9 +146,11 @@ def index_bounds(proto: onnx.ModelProto) -> dict[str, list[int]]:
         while frontier:
             for node in consumers.get(frontier.pop(), []):
                 axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-                if node.op_type == "Gather" and axis == 0 and node.input[1] in reached and node.input[0] in rows:
+                if node.op_type == "Gather" and axis == 0 and len(node.input) == 2 and node.input[1] in reached \
+                        and node.input[0] in rows:
                     tables.append(rows[node.input[0]])
-                elif node.op_type in LAYOUT_OPS and node.input[0] in reached and node.output[0] not in reached:
+                elif node.op_type in LAYOUT_OPS and node.input and node.output and node.input[0] in reached \
+                        and node.output[0] not in reached:
                     reached.add(node.output[0])
                     frontier.append(node.output[0])
         if tables:
@@ -151,3 +169,35 @@ def dynamic_dims(proto: onnx.ModelProto) -> list[str]:
                 raise UserError(f"input {value.name!r} has an axis of unknown size with no name: export it with "
                                 "named dynamic axes or a fixed size")
     return names
+
+
+def _dtype(value: onnx.ValueInfoProto) -> str:
+    """The numpy dtype name of a graph input or output; UserError unless it is a tensor of a type artifacts take."""
+    kind = value.type.WhichOneof("value")
+    elem = value.type.tensor_type.elem_type
+    try:
+        name = onnx.helper.tensor_dtype_to_np_dtype(elem).name if kind == "tensor_type" else kind
+    except (KeyError, TypeError, ValueError):
+        name = onnx.TensorProto.DataType.Name(elem) if elem in onnx.TensorProto.DataType.values() else str(elem)
+    if name not in DTYPES:
+        raise UserError(f"{value.name!r} is a {name}: artifact inputs and outputs are tensors of "
+                        f"{', '.join(DTYPES)}")
+    return name
+
+
+def tensor_infos(values: list[onnx.ValueInfoProto], bounds: dict[str, list[int]] | None = None) -> list[TensorInfo]:
+    """Name, numpy dtype and shape (dim names for dynamic axes) of graph inputs or outputs, with value bounds."""
+    return [TensorInfo(v.name, _dtype(v), [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+                       (bounds or {}).get(v.name)) for v in values]
+
+
+def describe_onnx(path: Path) -> Manifest:
+    """An ONNX file described as an artifact's manifest would describe it (inputs, outputs, dynamic dimensions,
+    integer input bounds; nothing fused), so that runtime.random_feeds can make its inputs."""
+    proto, sha256 = read_onnx(path)
+    return Manifest(model=path.stem, config=None, weights={"onnx": str(path.resolve()), "sha256": sha256},
+                    backend="onnxruntime", precision="fp32", attention="decomposed", onnx_file=path.name,
+                    inputs=tensor_infos(list(proto.graph.input), index_bounds(proto)),
+                    outputs=tensor_infos(list(proto.graph.output)),
+                    dynamic_ranges={name: [1, MAX_BATCH] for name in dynamic_dims(proto)}, versions={},
+                    fused_layers=0)

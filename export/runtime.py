@@ -128,8 +128,13 @@ def _check_session_io(directory: Path, manifest: Manifest, session: ort.Inferenc
 def artifact_feeds(manifest: Manifest, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Model inputs (numpy arrays or CPU tensors) as numpy arrays in the artifact's dtypes (float16 for FP16)."""
     dtypes = {t.name: np.dtype(t.dtype) for t in manifest.inputs}
-    arrays = {name: np.asarray(value.numpy() if hasattr(value, "numpy") else value) for name, value in inputs.items()}
+    arrays = {name: np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+              for name, value in inputs.items()}
     return {name: value.astype(dtypes.get(name, value.dtype)) for name, value in arrays.items()}
+
+
+MAX_RANDOM_BYTES = 4 << 30
+"""The most memory random inputs for a model built from an ONNX file may take (its manifest sets their sizes)."""
 
 
 def random_feeds(manifest: Manifest, batch: int | None = None, seq: int | None = None,
@@ -159,9 +164,14 @@ def random_feeds(manifest: Manifest, batch: int | None = None, seq: int | None =
             return dim
         low, high = manifest.dimension_range(dim)
         return given.get(dim) or min(max(EXAMPLE_SIZE, low), high)
+    shapes = {t.name: [size(d) for d in t.shape] for t in manifest.inputs}
+    need = sum(math.prod(shapes[t.name]) * np.dtype(t.dtype).itemsize for t in manifest.inputs)
+    if need > MAX_RANDOM_BYTES:
+        raise UserError(f"random inputs of {need / 2**30:.1f} GiB at these sizes: more than "
+                        f"{MAX_RANDOM_BYTES >> 30} GiB (give smaller --batch/--seq, or --input)")
     feeds = {}
     for t in manifest.inputs:
-        shape, dtype = [size(d) for d in t.shape], np.dtype(t.dtype)
+        shape, dtype = shapes[t.name], np.dtype(t.dtype)
         if dtype.kind == "f":
             feeds[t.name] = rng.standard_normal(shape).astype(dtype)
         else:
@@ -207,7 +217,7 @@ def check_sizes(manifest: Manifest, sizes: Mapping[str, int | None]) -> None:
 
 def max_input_bytes(manifest: Manifest) -> int:
     """The most bytes the artifact's inputs can take together (every dimension at its maximum)."""
-    return sum(int(np.prod([manifest.dimension_range(d)[1] for d in t.shape])) * np.dtype(t.dtype).itemsize
+    return sum(math.prod(manifest.dimension_range(d)[1] for d in t.shape) * np.dtype(t.dtype).itemsize
                for t in manifest.inputs)
 
 

@@ -16,9 +16,10 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 from polygraphy.comparator import Comparator, SimpleCompareFunc
 
-from export.artifact import Manifest, sha256_file
+from export.artifact import Manifest
 from export.builder import rebuild_model
 from export.errors import UserError, one_line
+from export.onnx_source import read_onnx
 from export.options import TOLERANCES
 from export.runtime import check_feeds, load_artifact, ort_session, random_feeds
 from fourierformer.configs import config_from_dict
@@ -111,12 +112,11 @@ def original_onnx(manifest: Manifest, onnx_file: Path | None) -> Callable[..., t
     if onnx_file is None:
         raise UserError(f"the artifact was built from the ONNX file {recorded['onnx']}: name it with --onnx FILE "
                         "(a path in a manifest is not followed)")
-    if not onnx_file.is_file():
-        raise UserError(f"ONNX file not found: {onnx_file}")
-    if sha256_file(onnx_file) != recorded["sha256"]:
+    proto, sha256 = read_onnx(onnx_file)  # the checks of the build, on the bytes then used
+    if sha256 != recorded["sha256"]:
         raise UserError(f"{onnx_file} is not the file the artifact was built from (sha256 differs from the "
                         f"recorded {recorded['sha256'][:12]}...)")
-    session = ort_session(onnx_file, None)
+    session = ort_session(proto.SerializeToString(), None)
     names = [t.name for t in manifest.outputs]
 
     def run(**inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -24,9 +24,9 @@ import numpy as np
 import tritonclient.http as httpclient
 
 import export
+from export.runtime import random_feeds
 from export.serving.client import triton_inputs
 from export.serving.server import free_ports
-from fourierformer.configs import config_from_dict, example_arrays
 
 def _percentiles(seconds: list[float]) -> dict[str, float]:
     ms = np.array(seconds) * 1e3
@@ -97,7 +97,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     args = parser.parse_args()
     manifest = export.load(args.artifact).manifest
-    one = example_arrays(config_from_dict(manifest.config), batch=1, seed=0)
+    one = random_feeds(manifest, batch=1 if "batch" in manifest.dynamic_ranges else None)
     http, grpc, metrics = free_ports(3)
     server = subprocess.Popen([sys.executable, "-m", "export", "serve", str(args.artifact), "--http-port", str(http),
                                "--grpc-port", str(grpc), "--metrics-port", str(metrics), "-q"],

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # GPU checks and benchmarks of the CUDA kernel, for a machine with an NVIDIA GPU (e.g. a lent H100): run from the
 # repository root of a copy of the working tree. Needs python3 with torch (CUDA build), numpy, onnx, onnxruntime,
-# pytest, cmake and nvcc; no network, no TensorRT needed. Builds only the CUDA kernel (own build dir, no ONNX
-# Runtime headers), runs tests/test_cuda_kernel.py and the GPU tests of tests/test_torch_op.py, then
+# pytest, cmake and nvcc; no network and no TensorRT runtime needed (the plugin's enqueue step needs TensorRT's
+# headers: TENSORRT_INCLUDE_DIR, below; without it that step fails and says so). Builds only the CUDA kernel (own
+# build dir, no ONNX Runtime headers), runs tests/test_cuda_kernel.py and the GPU tests of tests/test_torch_op.py, then
 # `python -m export bench --device cuda` (op level, then model level), and writes every log and report to $OUT
 # (if set) or ./gpu_checks_logs. Parity runs before timing; the benchmark also checks every result it times.
-#   FF_CUDA_ARCHITECTURES (default 90), PYTHON (default python3), BUILD_DIR (default /tmp/ff-gpu-checks-build)
+#   FF_CUDA_ARCHITECTURES (default 90), PYTHON (default python3), BUILD_DIR (default /tmp/ff-gpu-checks-build),
+#   TENSORRT_INCLUDE_DIR (TensorRT's headers, for the plugin's enqueue through the harness)
 #   BASELINE_SOURCES: a folder holding an earlier commit's plugins/ (here: git archive COMMIT plugins | tar -x -C
 #     DIR; carried, as the machine gets no .git): its kernel is built and timed at B=4,H=8,N=1024,D=64 too (A/B of a
 #     tuning step, plugins/cuda/ROOFLINE.md); its C API must match plugins/cuda/fourier_attention_cuda.h.

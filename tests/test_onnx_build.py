@@ -8,6 +8,7 @@ v, the LM's einsum), sharing no code with fourierformer/.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import warnings
@@ -256,3 +257,119 @@ def test_compile_a_module_built_on_fourierformer_attention(tmp_path, ort_library
     assert manifest["fused_layers"] == 1 and manifest["weights"]["onnx"].endswith("OnOurModule.onnx")
     (node,) = [n for n in onnx.load(out / "model.onnx").graph.node if n.op_type == opspec.OP_TYPE]
     assert {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}["causal"] == 1
+
+
+def test_user_onnx_builds_a_tensorrt_engine_with_a_profile_per_dimension(tmp_path, capsys):
+    from export.tensorrt_backend import installed_flavour
+
+    if installed_flavour() is None:
+        pytest.skip("neither tensorrt nor tensorrt-rtx is installed")
+    torch.manual_seed(6)
+    source = export_plainly(UserViT(depth=2), {"images": torch.randn(2, 3, 16, 16)}, tmp_path / "vit.onnx",
+                            {"images": {0: BATCH}})
+    base = ["build-engine", "--onnx", str(source), "--backend", "tensorrt", "--attention", "decomposed",
+            "--compute-capability", "89", "--timing-cache", str(tmp_path / "timing.cache")]
+    assert main([*base, "--out", str(tmp_path / "no-profile")]) == EXIT_USER_ERROR
+    assert "give --shapes batch=MIN:OPT:MAX" in capsys.readouterr().err
+    assert main([*base, "--shapes", "seq=1:2:4", "--out", str(tmp_path / "bad")]) == EXIT_USER_ERROR
+    assert "--shapes names 'seq', which is not a dynamic dimension" in capsys.readouterr().err
+    assert main([*base, "--shapes", "batch=1:2:4", "--out", str(tmp_path / "engine")]) == EXIT_OK
+    manifest = json.loads((tmp_path / "engine" / "manifest.json").read_text())
+    assert manifest["fused_layers"] == 2 and manifest["tensorrt"]["profiles"] == {"batch": [1, 2, 4]}
+
+
+def test_a_plain_export_of_our_model_is_fused_back_and_both_are_timed(tmp_path, ort_library, capsys):
+    """onnx --plain writes what a general-purpose exporter writes; build-engine --onnx fuses every layer back;
+    bench --onnx FILE times the file as it is and bench DIR --onnx FILE the artifact, validated against it."""
+    plain, out = tmp_path / "plain.onnx", tmp_path / "fused"
+    assert main(["onnx", "--model", "tiny-vit", "--plain", "--out", str(plain)]) == EXIT_OK
+    assert not any(n.op_type == opspec.OP_TYPE for n in onnx.load(plain).graph.node)
+    build_and_validate(plain, out, 2)
+    capsys.readouterr()
+    assert main(["bench", "--onnx", str(plain), "--batch", "2", "--repeats", "2", "--warmup", "0"]) == EXIT_OK
+    assert f"ONNX file {plain}, as it is, in stock ONNX Runtime" in capsys.readouterr().out
+    assert main(["bench", str(out), "--onnx", str(plain), "--batch", "2", "--repeats", "2", "--warmup", "0",
+                 "--json"]) == EXIT_OK
+    (timing,) = json.loads(capsys.readouterr().out)["timings"]
+    assert timing["batch"] == 2 and timing["max_norm_error"] <= 1e-4
+
+
+def _with_external_weights(tmp_path: Path, location: str) -> Path:
+    """The tiny user ViT saved with its weights in an external file, then every tensor's location rewritten."""
+    torch.manual_seed(7)
+    plain = export_plainly(UserViT(depth=1), {"images": torch.randn(1, 3, 16, 16)}, tmp_path / "plain.onnx")
+    model = onnx.load(plain)
+    onnx.save(model, tmp_path / "ext.onnx", save_as_external_data=True, location="weights.bin", size_threshold=0)
+    model = onnx.load(tmp_path / "ext.onnx", load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(model, tmp_path / "ext.onnx")
+    return tmp_path / "ext.onnx"
+
+
+@pytest.mark.parametrize("location, message", [
+    ("weights.bin", None),
+    ("../weights.bin", "outside the model's folder (refused)"),
+    ("/etc/passwd", "outside the model's folder (refused)"),
+    ("link.bin", "outside the model's folder (refused)"),
+    ("gone.bin", "which is missing"),
+    ("weights\0.bin", "outside the model's folder (refused)"),
+])
+def test_external_data_is_read_only_from_the_models_folder(tmp_path, ort_library, capsys, location, message):
+    source = _with_external_weights(tmp_path, location)
+    (tmp_path / "link.bin").symlink_to(tmp_path.parent)
+    code = main(["build-engine", "--onnx", str(source), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    if message is None:
+        assert code == EXIT_OK
+        manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+        assert manifest["weights"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+        assert main(["validate", str(tmp_path / "out"), "--onnx", str(source)]) == EXIT_OK
+    else:
+        assert code == EXIT_USER_ERROR and message in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "out").exists()
+
+
+class DictOutputs(nn.Module):
+    """Two outputs returned as a dict: the exporter flattens them in key order (naming them after their ops)."""
+
+    def __init__(self):
+        super().__init__()
+        self.vit = UserViT(depth=1)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.vit(images)
+        return {"logits": logits, "probs": logits.softmax(-1)}
+
+
+def test_compile_checks_every_output_of_a_dict_and_refuses_a_wrong_artifact(tmp_path, ort_library, monkeypatch):
+    import export
+    from export import module_compiler
+    from export.errors import UserError
+
+    torch.manual_seed(8)
+    images = {"images": torch.randn(2, 3, 16, 16)}
+    out = export.compile(DictOutputs(), images, out=tmp_path / "dict")
+    assert len(json.loads((out / "manifest.json").read_text())["outputs"]) == 2
+    before = (out / "manifest.json").read_bytes()
+    model = DictOutputs()  # other weights than the export: the check must refuse, and leave the old artifact
+    real = module_compiler.check_against_module
+    monkeypatch.setattr(module_compiler, "check_against_module",
+                        lambda directory, module, inputs: real(directory, model, inputs))
+    with pytest.raises(UserError, match="disagrees with DictOutputs on the example inputs"):
+        export.compile(DictOutputs(), images, out=tmp_path / "dict")
+    assert (out / "manifest.json").read_bytes() == before
+
+
+def test_a_torchscript_export_builds_fused_and_equal(tmp_path, ort_library):
+    """The legacy exporter (torch.onnx.export(dynamo=False)) writes other ops for the same model: fused all the
+    same, every layer."""
+    torch.manual_seed(9)
+    model, images = UserViT(depth=2).eval(), torch.randn(2, 3, 16, 16)
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (images,), str(tmp_path / "ts.onnx"), dynamo=False, input_names=["images"],
+                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}}, opset_version=17)
+    build_and_validate(tmp_path / "ts.onnx", tmp_path / "ts", 2)
