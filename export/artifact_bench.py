@@ -71,7 +71,7 @@ def _axis_size(manifest: Manifest, feeds: dict[str, np.ndarray], axis: str) -> i
 def _timed(run: Callable[[dict], object], manifest: Manifest, feeds: dict[str, np.ndarray], repeats: int,
            warmup: int, max_norm_error: float | None) -> BatchTiming:
     """Latency percentiles and throughput of ``run(feeds)`` over ``repeats`` runs after ``warmup`` runs (samples:
-    the size of the batch axis, 1 without one)."""
+    the size of the axis named batch, else the first input's leading axis)."""
     for _ in range(warmup):
         run(feeds)
     seconds = []
@@ -80,7 +80,9 @@ def _timed(run: Callable[[dict], object], manifest: Manifest, feeds: dict[str, n
         run(feeds)
         seconds.append(time.perf_counter() - start)
     p50, p90, p99 = (float(np.percentile(seconds, q)) * 1e3 for q in (50, 90, 99))
-    batch, length = _axis_size(manifest, feeds, "batch") or 1, _axis_size(manifest, feeds, "seq")
+    first = next(iter(feeds.values()))
+    batch = _axis_size(manifest, feeds, "batch") or (first.shape[0] if first.ndim else 1)
+    length = _axis_size(manifest, feeds, "seq")
     log.info("batch %d: p50 %.3f ms, %.1f samples/s", batch, p50, batch / (p50 / 1e3))
     return BatchTiming(batch, length, p50, p90, p99, batch / (p50 / 1e3), max_norm_error)
 

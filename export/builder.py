@@ -226,6 +226,17 @@ def _onnx_source(path: Path) -> Source:
     """A user's ONNX file, its Fourier attention fused (export/passes/fuse.py)."""
     log.info("[2/5] reading %s and fusing its Fourier attention", path)
     source = fused_source(path)
+    if source.layers == 0:
+        candidates = len(source.report.candidates)
+        log.warning("warning: no Fourier attention found to fuse in %s; the artifact works, without our kernel%s",
+                    path, f". Why each of its {candidates} candidate(s) was left alone:" if candidates else
+                    " (the graph has no pairwise difference of two tensors, where Fourier attention starts)")
+        for line in source.report.lines():
+            if line.startswith("- "):
+                log.warning("  %s", line)
+    else:
+        log.info("%d attention layer(s) as FourierAttention nodes (%d fused here)", source.layers,
+                 source.report.fused)
     ranges = {name: (1, 1, MAX_BATCH) for name in dynamic_dims(source.proto)}
     return Source(path.stem, source.proto, None, {"onnx": str(path.resolve()), "sha256": source.sha256}, ranges,
                   index_bounds(source.proto), source.layers)

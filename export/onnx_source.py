@@ -64,9 +64,10 @@ def _external_file(tensor: onnx.TensorProto, path: Path) -> Path:
     return folder / location
 
 
-def _load_external_data(proto: onnx.ModelProto, path: Path, budget: int) -> None:
+def _load_external_data(proto: onnx.ModelProto, path: Path, budget: int, digest: hashlib._Hash) -> None:
     """Load the tensors stored outside the model, each from a plain relative file in the model's folder, at most
-    ``budget`` bytes in all; UserError for one that names anything else, a missing or short file, or too much."""
+    ``budget`` bytes in all, each tensor's location and bytes added to ``digest``; UserError for one that names
+    anything else, a missing or short file, or too much."""
     for tensor in _tensors(proto.graph):
         if not external_data_helper.uses_external_data(tensor):
             continue
@@ -76,6 +77,7 @@ def _load_external_data(proto: onnx.ModelProto, path: Path, budget: int) -> None
         except Exception as exc:  # a short file, a bad offset
             raise UserError(f"{path}: cannot read tensor {tensor.name!r} from {location.name}: "
                             f"{one_line(exc)}") from exc
+        digest.update(location.name.encode() + b"\0" + tensor.raw_data)
         budget -= len(tensor.raw_data)
         if budget < 0:
             raise UserError(f"{path}: the model and its external data are larger than {MAX_ONNX_BYTES >> 20} MiB "
@@ -85,8 +87,9 @@ def _load_external_data(proto: onnx.ModelProto, path: Path, budget: int) -> None
 
 
 def read_onnx(path: Path) -> tuple[onnx.ModelProto, str]:
-    """The model in ``path`` with its external data loaded, and the sha256 of the model file (its external data
-    files are not hashed); UserError if it is not a valid ONNX model."""
+    """The model in ``path`` with its external data loaded, and its sha256: of the file's bytes, followed by each
+    external tensor's file name and bytes (so, for a model without external data, the file's sha256); UserError
+    if it is not a valid ONNX model."""
     if not path.is_file():
         raise UserError(f"ONNX file not found: {path}")
     if path.stat().st_size > MAX_ONNX_BYTES:
@@ -98,12 +101,13 @@ def read_onnx(path: Path) -> tuple[onnx.ModelProto, str]:
         raise UserError(f"{path} is not an ONNX model: {one_line(exc)}") from exc
     if not proto.graph.node:
         raise UserError(f"{path} is not an ONNX model: its graph has no nodes")
-    _load_external_data(proto, path, MAX_ONNX_BYTES - len(data))
+    digest = hashlib.sha256(data)
+    _load_external_data(proto, path, MAX_ONNX_BYTES - len(data), digest)
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
         raise UserError(f"{path} is not a valid ONNX model: {one_line(exc)}") from exc
-    return proto, hashlib.sha256(data).hexdigest()
+    return proto, digest.hexdigest()
 
 
 def fused_source(path: Path) -> OnnxSource:
@@ -115,15 +119,7 @@ def fused_source(path: Path) -> OnnxSource:
     except Exception as exc:  # graph-surgeon and shape inference on a malformed graph
         raise UserError(f"{path}: cannot read its graph: {one_line(exc)}") from exc
     fused.ir_version = proto.ir_version
-    for line in report.lines():
-        log.debug("fuse: %s", line)
-    layers = len(fourier_nodes(graph))
-    if layers == 0:
-        log.warning("%s: no Fourier attention found to fuse (%d candidates; `build-engine --onnx %s --explain` "
-                    "says why): the artifact works, without our kernel", path, len(report.candidates), path)
-    else:
-        log.info("%s: %d attention layer(s) as FourierAttention nodes (%d fused here)", path, layers, report.fused)
-    return OnnxSource(fused, sha256, report, layers)
+    return OnnxSource(fused, sha256, report, len(fourier_nodes(graph)))
 
 
 LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast"})

@@ -8,7 +8,6 @@ v, the LM's einsum), sharing no code with fourierformer/.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import warnings
@@ -178,7 +177,7 @@ def test_zero_fused_is_a_warning_and_the_artifact_still_works(tmp_path, ort_libr
         onnx.save(torch.onnx.export(Softmax(), (), kwargs=qkv, dynamo=True, verbose=False).model_proto,
                   tmp_path / "softmax.onnx")
     assert main(["build-engine", "--onnx", str(tmp_path / "softmax.onnx"), "--out", str(tmp_path / "a")]) == EXIT_OK
-    assert "no Fourier attention found to fuse" in caplog.text
+    assert "no Fourier attention found to fuse" in caplog.text and "no pairwise difference" in caplog.text
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["fused_layers"] == 0
     assert main(["validate", str(tmp_path / "a"), "--onnx", str(tmp_path / "softmax.onnx")]) == EXIT_OK
 
@@ -324,9 +323,13 @@ def test_external_data_is_read_only_from_the_models_folder(tmp_path, ort_library
     err = capsys.readouterr().err
     if message is None:
         assert code == EXIT_OK
-        manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-        assert manifest["weights"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
         assert main(["validate", str(tmp_path / "out"), "--onnx", str(source)]) == EXIT_OK
+        data = bytearray((tmp_path / "weights.bin").read_bytes())
+        data[-4:] = b"\0\0\x80\x3f"  # other weights in the same file: the recorded sha256 covers them
+        (tmp_path / "weights.bin").write_bytes(bytes(data))
+        capsys.readouterr()
+        assert main(["validate", str(tmp_path / "out"), "--onnx", str(source)]) == EXIT_USER_ERROR
+        assert "is not the file the artifact was built from" in capsys.readouterr().err
     else:
         assert code == EXIT_USER_ERROR and message in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "out").exists()
@@ -373,3 +376,19 @@ def test_a_torchscript_export_builds_fused_and_equal(tmp_path, ort_library):
         torch.onnx.export(model, (images,), str(tmp_path / "ts.onnx"), dynamo=False, input_names=["images"],
                           output_names=["logits"], dynamic_axes={"images": {0: "batch"}}, opset_version=17)
     build_and_validate(tmp_path / "ts.onnx", tmp_path / "ts", 2)
+
+
+def test_a_near_miss_builds_unfused_and_the_warning_says_why(tmp_path, ort_library, caplog):
+    class OddPower(nn.Module):
+        def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            x = 0.5 * (q.unsqueeze(-2) - k.unsqueeze(-3))
+            one = torch.ones_like(x)
+            w = torch.where(x == 0, one, torch.sin(x) / torch.where(x == 0, one, x)).prod(-1) ** 3
+            return (w @ v) / (w.sum(-1, keepdim=True) + EPS)
+
+    qkv = {name: 0.3 * torch.randn(1, 2, 5, 8) for name in "qkv"}
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        onnx.save(torch.onnx.export(OddPower(), (), kwargs=qkv, dynamo=True, verbose=False).model_proto,
+                  tmp_path / "odd.onnx")
+    assert main(["build-engine", "--onnx", str(tmp_path / "odd.onnx"), "--out", str(tmp_path / "a")]) == EXIT_OK
+    assert "Why each of its 1 candidate(s) was left alone" in caplog.text and "power 3" in caplog.text
