@@ -1,7 +1,8 @@
 """A user's ONNX file as a build source: read it as untrusted data, fuse its Fourier attention, describe its inputs.
 
-The file is read once (its sha256 is of the bytes used); tensors it stores outside itself are loaded only from
-files in its own folder; its Fourier-attention subgraphs become FourierAttention nodes (export/passes/fuse.py).
+The file is read once, and its sha256 covers the bytes used (the file's, then each external tensor's); tensors it
+stores outside itself are loaded only from files in its own folder; its Fourier-attention subgraphs become
+FourierAttention nodes (export/passes/fuse.py).
 """
 
 from __future__ import annotations
