@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnx
 
 import export
 from export.errors import UserError
 from export.artifact import Manifest
-from export.onnx_source import describe_onnx
 from export.runtime import ort_session, random_feeds
 from export.validate import validate
 
@@ -40,12 +40,17 @@ class BatchTiming:
     plain ONNX file timed as it is, with nothing to compare it with)."""
 
 
+def _check_counts(repeats: int, warmup: int) -> None:
+    """UserError unless there is at least one timed run and no negative warm-up."""
+    if repeats < 1 or warmup < 0:
+        raise UserError(f"--repeats must be >= 1 and --warmup >= 0, got {repeats} and {warmup}")
+
+
 def bench_artifact(directory: Path, batches: list[int | None], seq: int | None, repeats: int, warmup: int,
                    checkpoint: Path | None = None, onnx_file: Path | None = None) -> list[BatchTiming]:
     """Validate, then time the artifact at each batch size (None: the random inputs' default, for a model built
     from an ONNX file without a dimension named batch); UserError if a validation fails."""
-    if repeats < 1 or warmup < 0:
-        raise UserError(f"--repeats must be >= 1 and --warmup >= 0, got {repeats} and {warmup}")
+    _check_counts(repeats, warmup)
     timings = []
     with export.load(directory) as artifact:
         for batch in batches:
@@ -87,14 +92,13 @@ def _timed(run: Callable[[dict], object], manifest: Manifest, feeds: dict[str, n
     return BatchTiming(batch, length, p50, p90, p99, batch / (p50 / 1e3), max_norm_error)
 
 
-def bench_onnx_file(path: Path, batches: list[int | None], seq: int | None, repeats: int,
-                    warmup: int) -> list[BatchTiming]:
-    """Time an ONNX file as it is, in stock ONNX Runtime (no custom ops, nothing fused): the baseline of a
-    ``build-engine --onnx`` build, on the random inputs ``validate`` would give it."""
-    if repeats < 1 or warmup < 0:
-        raise UserError(f"--repeats must be >= 1 and --warmup >= 0, got {repeats} and {warmup}")
-    description = describe_onnx(path)
-    session = ort_session(path, None)
+def bench_onnx_file(proto: onnx.ModelProto, description: Manifest, batches: list[int | None], seq: int | None,
+                    repeats: int, warmup: int) -> list[BatchTiming]:
+    """Time an ONNX file (onnx_source.describe_onnx's model and description) as it is, in stock ONNX Runtime (no
+    custom ops, nothing fused): the baseline of a ``build-engine --onnx`` build, on the random inputs ``validate``
+    would give it."""
+    _check_counts(repeats, warmup)
+    session = ort_session(proto.SerializeToString(), None)  # the bytes read_onnx checked
     names = [t.name for t in description.outputs]
 
     def run(feeds: dict[str, np.ndarray]) -> list:

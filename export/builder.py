@@ -21,7 +21,7 @@ from export.onnx_export import export_onnx
 from export.options import (ATTENTIONS, BACKENDS, BUILT_DIR, MAX_BATCH, PRECISIONS, BuildOptions, Profiles,
                             check_applicable, default_timing_cache)
 from export.passes import GraphPass, cleanup, decompose, to_fp16, to_onnxruntime, to_tensorrt
-from export.onnx_source import dynamic_dims, fused_source, index_bounds, tensor_infos
+from export.onnx_source import dynamic_ranges, fused_source, index_bounds, tensor_infos
 from export.runtime import Artifact, ort_session, random_feeds
 from export.tensorrt_backend import (check_compute_capabilities, gpu_missing_reason, installed_flavour,
                                      load_tensorrt, plugin_tensorrt_version)
@@ -159,15 +159,23 @@ def export_ranges(config: ModelConfig) -> Profiles:
 
 def tensorrt_profiles(config: ModelConfig, shapes: Profiles | None) -> Profiles:
     """TensorRT optimization profile: ``shapes`` over defaults (batch 1..16, sequence 1..context)."""
-    profiles = {**export_ranges(config), "batch": (1, 1, 16), **(shapes or {})}
-    limits = export_ranges(config)
+    return checked_profiles(export_ranges(config), {**export_ranges(config), "batch": (1, 1, 16), **(shapes or {})},
+                            "this model")
+
+
+def checked_profiles(limits: Profiles, profiles: Profiles, model: str) -> Profiles:
+    """``profiles``, once each names a dynamic dimension of ``model`` within its ``limits`` and every one of them
+    has a profile; UserError naming the first that does not."""
     for name, (low, opt, high) in profiles.items():
         if name not in limits:
-            raise UserError(f"--shapes names {name!r}, which is not a dynamic dimension of this model "
-                            f"({', '.join(limits)})")
+            raise UserError(f"--shapes names {name!r}, which is not a dynamic dimension of {model} "
+                            f"({', '.join(limits) or 'it has none'})")
         if not limits[name][0] <= low <= opt <= high <= limits[name][2]:
             raise UserError(f"profile {name}={low}:{opt}:{high} must satisfy "
                             f"{limits[name][0]} <= min <= opt <= max <= {limits[name][2]}")
+    if missing := [name for name in limits if name not in profiles]:
+        raise UserError(f"TensorRT needs a profile for each dynamic dimension of {model}: give --shapes "
+                        + " ".join(f"{name}=MIN:OPT:MAX" for name in missing))
     return profiles
 
 
@@ -237,24 +245,8 @@ def _onnx_source(path: Path) -> Source:
     else:
         log.info("%d attention layer(s) as FourierAttention nodes (%d fused here)", source.layers,
                  source.report.fused)
-    ranges = {name: (1, 1, MAX_BATCH) for name in dynamic_dims(source.proto)}
-    return Source(path.stem, source.proto, None, {"onnx": str(path.resolve()), "sha256": source.sha256}, ranges,
-                  index_bounds(source.proto), source.layers)
-
-
-def _onnx_profiles(ranges: Profiles, shapes: Profiles | None, path: Path) -> Profiles:
-    """TensorRT profiles of a user's ONNX model: --shapes must give each of its dynamic dimensions."""
-    shapes = shapes or {}
-    for name, (low, opt, high) in shapes.items():
-        if name not in ranges:
-            raise UserError(f"--shapes names {name!r}, which is not a dynamic dimension of {path} "
-                            f"({', '.join(ranges) or 'it has none'})")
-        if not 1 <= low <= opt <= high <= MAX_BATCH:
-            raise UserError(f"profile {name}={low}:{opt}:{high} must satisfy 1 <= min <= opt <= max <= {MAX_BATCH}")
-    if missing := [name for name in ranges if name not in shapes]:
-        raise UserError(f"TensorRT needs a profile for each dynamic dimension of {path}: give --shapes "
-                        + " ".join(f"{name}=MIN:OPT:MAX" for name in missing))
-    return dict(shapes)
+    return Source(path.stem, source.proto, None, {"onnx": str(path.resolve()), "sha256": source.sha256},
+                  dynamic_ranges(source.proto), index_bounds(source.proto), source.layers)
 
 
 def build_engine(options: BuildOptions, verify: Callable[[Path], object] | None = None) -> tuple[Path, Manifest]:
@@ -281,7 +273,7 @@ def build_engine(options: BuildOptions, verify: Callable[[Path], object] | None 
     if backend != "tensorrt":
         profiles = source.ranges
     elif source.config is None:
-        profiles = _onnx_profiles(source.ranges, options.shapes, options.onnx)
+        profiles = checked_profiles(source.ranges, dict(options.shapes or {}), str(options.onnx))
     else:
         profiles = tensorrt_profiles(source.config, options.shapes)
     proto = retarget(source.proto, passes_for(backend, attention, options.precision))

@@ -387,14 +387,14 @@ def _bench_artifact(args: argparse.Namespace) -> int:
     _refuse((("--device", args.device), ("--sizes", args.sizes), ("--causal", args.causal), ("--models", args.models),
              ("--out", args.out)), "applies to the op benchmark, not to timing an artifact (bench DIR)")
     timed = args.artifact or args.onnx
-    manifest = load_manifest(args.artifact) if args.artifact is not None else describe_onnx(args.onnx)
+    proto, manifest = (None, load_manifest(args.artifact)) if args.artifact is not None else describe_onnx(args.onnx)
     low, high = manifest.dynamic_ranges.get("batch", (1, 1))
     batches = args.batch or (sorted({low, min(max(low, 8), high)}) if "batch" in manifest.dynamic_ranges
                              or manifest.config is not None else [None])
     repeats, warmup = 50 if args.repeats is None else args.repeats, 5 if args.warmup is None else args.warmup
     if args.artifact is None:
         _refuse((("--checkpoint", args.checkpoint),), "applies to an artifact (bench DIR)")
-        timings = artifact_bench.bench_onnx_file(args.onnx, batches, args.seq, repeats, warmup)
+        timings = artifact_bench.bench_onnx_file(proto, manifest, batches, args.seq, repeats, warmup)
     else:
         timings = artifact_bench.bench_artifact(args.artifact, batches, args.seq, repeats, warmup, args.checkpoint,
                                                 args.onnx)

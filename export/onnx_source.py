@@ -19,7 +19,7 @@ from onnx import external_data_helper
 
 from export.artifact import DTYPES, Manifest, TensorInfo
 from export.errors import UserError, one_line
-from export.options import MAX_BATCH
+from export.options import MAX_BATCH, Profiles
 from export.passes import FuseReport, fuse_with_report
 from export.passes.custom_op import fourier_nodes
 
@@ -155,7 +155,13 @@ def index_bounds(proto: onnx.ModelProto) -> dict[str, list[int]]:
     return bounds
 
 
-def dynamic_dims(proto: onnx.ModelProto) -> list[str]:
+def dynamic_ranges(proto: onnx.ModelProto) -> Profiles:
+    """Each named (dynamic) dimension of the graph's inputs, in order of first appearance, with the range a
+    user's file gets: (1, 1, MAX_BATCH), the file saying none."""
+    return {name: (1, 1, MAX_BATCH) for name in _dynamic_dims(proto)}
+
+
+def _dynamic_dims(proto: onnx.ModelProto) -> list[str]:
     """The named (dynamic) dimensions of the graph's inputs, in order of first appearance."""
     names: list[str] = []
     for value in proto.graph.input:
@@ -188,13 +194,13 @@ def tensor_infos(values: list[onnx.ValueInfoProto], bounds: dict[str, list[int]]
                        (bounds or {}).get(v.name)) for v in values]
 
 
-def describe_onnx(path: Path) -> Manifest:
-    """An ONNX file described as an artifact's manifest would describe it (inputs, outputs, dynamic dimensions,
-    integer input bounds; nothing fused), so that runtime.random_feeds can make its inputs."""
+def describe_onnx(path: Path) -> tuple[onnx.ModelProto, Manifest]:
+    """An ONNX file, read (read_onnx), and described as an artifact's manifest would describe it (inputs, outputs,
+    dynamic dimensions, integer input bounds; nothing fused), so that runtime.random_feeds can make its inputs."""
     proto, sha256 = read_onnx(path)
-    return Manifest(model=path.stem, config=None, weights={"onnx": str(path.resolve()), "sha256": sha256},
-                    backend="onnxruntime", precision="fp32", attention="decomposed", onnx_file=path.name,
-                    inputs=tensor_infos(list(proto.graph.input), index_bounds(proto)),
-                    outputs=tensor_infos(list(proto.graph.output)),
-                    dynamic_ranges={name: [1, MAX_BATCH] for name in dynamic_dims(proto)}, versions={},
-                    fused_layers=0)
+    return proto, Manifest(model=path.stem, config=None, weights={"onnx": str(path.resolve()), "sha256": sha256},
+                           backend="onnxruntime", precision="fp32", attention="decomposed", onnx_file=path.name,
+                           inputs=tensor_infos(list(proto.graph.input), index_bounds(proto)),
+                           outputs=tensor_infos(list(proto.graph.output)),
+                           dynamic_ranges={name: [low, high] for name, (low, _, high) in dynamic_ranges(proto).items()},
+                           versions={}, fused_layers=0)
