@@ -158,11 +158,16 @@ def test_bad_requests_get_errors_and_the_server_keeps_serving(serve_python, arti
 
 def test_a_killed_server_gives_errors_not_hangs_and_a_restart_serves(serve_python, artifacts, tmp_path):
     inputs, expected = _inputs(artifacts["tiny-vit"], 8, tmp_path)
+    ready = tmp_path / "serving"
     with served(serve_python, artifacts["tiny-vit"]) as server:
         load = subprocess.Popen([str(serve_python), str(CLIENT), "load", json.dumps(
-            {"model": "tiny-vit", "input": str(inputs), "expected": str(expected), "clients": 4, "requests": 400,
-             **server["urls"]})], stdout=subprocess.PIPE, text=True)
-        time.sleep(3)
+            {"model": "tiny-vit", "input": str(inputs), "expected": str(expected), "clients": 4,
+             "requests": 1_000_000, "until_failure": True, "ready": str(ready), **server["urls"]})],
+            stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not ready.exists():  # killed only once the load is being served, so requests are in flight
+            assert load.poll() is None and time.monotonic() < deadline, "the load never got an answer"
+            time.sleep(0.1)
         tritonserver = subprocess.run(["pgrep", "-P", str(server["process"].pid), "tritonserver"],
                                       capture_output=True, text=True).stdout.split()
         assert tritonserver, "no tritonserver child"

@@ -44,7 +44,8 @@ def infer(args: dict) -> dict:
 def load(args: dict) -> dict:
     """args["clients"] threads, each sending args["requests"] requests of random batch sizes (rows of the
     input, output compared with the expected rows); counts of correct, wrong and failed requests, and Triton's
-    statistics."""
+    statistics. With args["until_failure"], each client instead sends until its first failed request (at most
+    args["requests"]), and the file args["ready"] is written after the first correct answer."""
     arrays, expected = dict(np.load(args["input"])), dict(np.load(args["expected"]))
     rows = next(iter(arrays.values())).shape[0]
     counts = {"correct": 0, "wrong": 0, "failed": 0, "errors": []}
@@ -66,6 +67,10 @@ def load(args: dict) -> dict:
                     counts["errors"].append(str(exc)[:200])
             with lock:
                 counts[kind] += 1
+                if kind == "correct" and counts["correct"] == 1 and args.get("ready"):
+                    Path(args["ready"]).write_text("serving")
+            if kind == "failed" and args.get("until_failure"):
+                return
 
     threads = [threading.Thread(target=client, args=(seed,)) for seed in range(args["clients"])]
     for thread in threads:
@@ -130,6 +135,10 @@ def mixed(args: dict) -> dict:
                         counts["errors"].append(exc.message()[-200:])
             with lock:
                 counts[kind] += 1
+                if kind == "correct" and counts["correct"] == 1 and args.get("ready"):
+                    Path(args["ready"]).write_text("serving")
+            if kind == "failed" and args.get("until_failure"):
+                return
 
     threads = [threading.Thread(target=client, args=(index,)) for index in range(args["clients"])]
     for thread in threads:
