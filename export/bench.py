@@ -312,11 +312,11 @@ def bench_one(impl: Implementation, shape: Shape, repeats: int, warmup: int, dev
     bound = impl.max_error or MAX_NORM_ERROR[impl.dtype]
     if not error <= bound:
         raise RuntimeError(f"{impl.name} is wrong at {shape}: normwise error {error:.2e} against float64")
-    seconds = _median_seconds(run, sets, repeats, warmup, device)
+    seconds = median_seconds(run, sets, repeats, warmup, device)
     return Result(impl.name, shape, seconds, error, max(0, _peak(device) - baseline), error_bound=bound)
 
 
-def _median_seconds(run: Callable[[Feeds], object], sets: list[Feeds], repeats: int, warmup: int,
+def median_seconds(run: Callable[[Feeds], object], sets: list[Feeds], repeats: int, warmup: int,
                     device: str = "cpu") -> float:
     """Median time of ``run`` over ``repeats`` calls after ``warmup`` calls, rotating through ``sets``.
 
@@ -628,7 +628,7 @@ def bench_model(case: ModelCase, repeats: int = 3, warmup: int = 1, device: str 
     variants = _model_variants(model, config, case, device, sets[0])
     result = ModelResult(case, device)
     expected = eager(**sets[0]).double().cpu().numpy()
-    result.seconds["eager fp32"] = _median_seconds(lambda feeds: eager(**feeds), sets, repeats, warmup, device)
+    result.seconds["eager fp32"] = median_seconds(lambda feeds: eager(**feeds), sets, repeats, warmup, device)
     for name, variant in variants.items():
         if isinstance(variant, str):
             result.skipped[name] = variant
@@ -640,7 +640,7 @@ def bench_model(case: ModelCase, repeats: int = 3, warmup: int = 1, device: str 
         if not error <= variant.bound:
             raise RuntimeError(f"{case.model}: {name} disagrees with eager float32 (normwise error {error:.2e})")
         result.errors[name] = error
-        result.seconds[name] = _median_seconds(lambda feeds: variant.run(**feeds), typed, repeats, warmup, device)
+        result.seconds[name] = median_seconds(lambda feeds: variant.run(**feeds), typed, repeats, warmup, device)
         if variant.shares is not None:
             result.shares[name] = variant.shares(typed[0])
         log.info("%s batch %d: eager fp32 %.4f s, %s %.4f s", case.model, case.batch, result.seconds["eager fp32"],

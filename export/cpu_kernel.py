@@ -38,6 +38,13 @@ def library() -> ctypes.CDLL:
     lib.ff_cpu_workspace_size.restype = ctypes.c_size_t
     lib.ff_cpu_forward_threads.argtypes = [p, ctypes.c_int, pointer, pointer, pointer, pointer, pointer, ctypes.c_int]
     lib.ff_cpu_forward_threads.restype = ctypes.c_char_p
+    for name in ("ff_cpu_prepare_items", "ff_cpu_rows"):
+        getattr(lib, name).argtypes = [p]
+        getattr(lib, name).restype = ctypes.c_int64
+    lib.ff_cpu_prepare.argtypes = [p, ctypes.c_int, pointer, pointer, pointer, pointer, ctypes.c_int64, ctypes.c_int64]
+    lib.ff_cpu_prepare.restype = None
+    lib.ff_cpu_compute.argtypes = [p, ctypes.c_int, pointer, pointer, ctypes.c_int64, ctypes.c_int64]
+    lib.ff_cpu_compute.restype = None
     for name in ("ff_cpu_isa", "ff_cpu_isa_error"):
         getattr(lib, name).argtypes = []
         getattr(lib, name).restype = ctypes.c_char_p
@@ -81,6 +88,12 @@ def forced_isa(name: str) -> Iterator[None]:
         lib.ff_cpu_set_isa(before)
 
 
+def aligned_workspace(p: Params) -> tuple[torch.Tensor, int]:
+    """The kernel's workspace for ``p``: the buffer that owns it (keep it alive) and its aligned address."""
+    buffer = torch.empty(library().ff_cpu_workspace_size(ctypes.byref(p)) + ALIGNMENT, dtype=torch.uint8)
+    return buffer, buffer.data_ptr() + (-buffer.data_ptr()) % ALIGNMENT
+
+
 def fourier_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, R: float = opspec.R.default,
                           power: int = opspec.POWER.default, eps: float = opspec.EPS.default,
                           causal: bool = False) -> torch.Tensor:
@@ -100,8 +113,7 @@ def fourier_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, R: 
     out = torch.empty_like(q)
     if out.numel() == 0:
         return out
-    workspace = torch.empty(lib.ff_cpu_workspace_size(pp) + ALIGNMENT, dtype=torch.uint8)
-    ws = workspace.data_ptr() + (-workspace.data_ptr()) % ALIGNMENT
+    workspace, ws = aligned_workspace(p)
     error = lib.ff_cpu_forward_threads(pp, DTYPES[q.dtype], q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
                                        ws, torch.get_num_threads())
     if error is not None:

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Where the CPU kernel's time goes, per shape: what limits it short of the roofline.
+
+For each shape (non-vacuous inputs as ``python -m export bench`` draws them, R = 1), medians after warm-up of
+
+  prepare      ff_cpu_prepare over every item, one thread (sin/cos of R*q and R*k, the repacking: O(N*D));
+  one thread   ff_cpu_prepare + ff_cpu_compute over everything, one thread (the native entry points, no pool);
+  threads      the whole op through the library's pool at 1 and at --threads threads (the torch op's path).
+
+From these: prepare's share of the one-thread time, the compute-only rate per core (visible pair-dims over one
+thread's time less prepare; compare it across D to see the per-pair work that D dims amortize), and the scaling
+from 1 to --threads threads. The two ways of running the kernel must give the same output (checked, bitwise).
+plugins/cpu/ROOFLINE.md reads these figures against the roofline. The path is the library's (FF_CPU_ISA forces one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from export import bench, cpu_kernel  # noqa: E402
+from export.errors import UserError  # noqa: E402
+from export.kernel_api import DTYPES, params  # noqa: E402
+from export.op_model import attention_inputs  # noqa: E402
+
+DEFAULT_SHAPES = ("1,8,256,16,1", "1,8,384,32,1", "1,3,197,64,0", "1,4,1024,64,0", "1,4,64,64,0", "1,8,256,16,0",
+                  "1,1,1024,16,0", "1,1,1024,32,0", "1,1,1024,64,0", "1,1,1024,128,0")
+
+
+@dataclass(frozen=True)
+class Split:
+    """One shape's figures (seconds, pair-dims/s of visible pairs)."""
+
+    shape: str
+    prepare_s: float
+    one_thread_s: float
+    pool_1_s: float
+    pool_n_s: float
+    threads: int
+    pair_dims: int
+
+    @property
+    def prepare_share(self) -> float:
+        return self.prepare_s / self.one_thread_s
+
+    @property
+    def compute_rate_per_core(self) -> float:
+        return self.pair_dims / (self.one_thread_s - self.prepare_s)
+
+    @property
+    def scaling(self) -> float:
+        return self.pool_1_s / self.pool_n_s
+
+
+def parse_shape(text: str) -> bench.Shape:
+    """``B,H,N,D,causal`` (causal 0 or 1) as a bench Shape."""
+    try:
+        batch, heads, n, dim, causal = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected B,H,N,D,causal (five integers), got {text!r}") from None
+    if min(batch, heads, n, dim) < 1 or causal not in (0, 1):
+        raise argparse.ArgumentTypeError(f"B, H, N, D must be positive and causal 0 or 1, got {text!r}")
+    return bench.Shape(batch, heads, n, dim, bool(causal))
+
+
+def split(shape: bench.Shape, repeats: int, warmup: int, threads: int) -> Split:
+    """Times prepare, prepare + compute on one thread, and the pooled op at 1 and ``threads`` threads."""
+    feeds = {k: torch.from_numpy(v) for k, v in
+             attention_inputs(shape.batch, shape.heads, shape.n, shape.n, shape.dim, R=1.0).items()}
+    q, k, v = feeds["q"], feeds["k"], feeds["v"]
+    lib, p = cpu_kernel.library(), params(q, k, 1.0, 4, 1e-6, shape.causal)
+    pp, dtype = ctypes.byref(p), DTYPES[q.dtype]
+    _buffer, ws = cpu_kernel.aligned_workspace(p)
+    out = torch.empty_like(q)
+    items, rows = lib.ff_cpu_prepare_items(pp), lib.ff_cpu_rows(pp)
+
+    def prepare(_feeds: object) -> None:
+        lib.ff_cpu_prepare(pp, dtype, q.data_ptr(), k.data_ptr(), v.data_ptr(), ws, 0, items)
+
+    def one_thread(_feeds: object) -> None:
+        prepare(None)
+        lib.ff_cpu_compute(pp, dtype, ws, out.data_ptr(), 0, rows)
+
+    def pooled(_feeds: object) -> torch.Tensor:
+        return cpu_kernel.fourier_attention_cpu(q, k, v, 1.0, 4, 1e-6, shape.causal)
+
+    seconds = [bench.median_seconds(prepare, [feeds], repeats, warmup),
+               bench.median_seconds(one_thread, [feeds], repeats, warmup)]
+    before = torch.get_num_threads()
+    try:
+        for n in (1, threads):
+            torch.set_num_threads(n)
+            seconds.append(bench.median_seconds(pooled, [feeds], repeats, warmup))
+            if not torch.equal(pooled(None), out):
+                raise SystemExit(f"{shape}: the pooled op at {n} threads differs from ff_cpu_prepare + ff_cpu_compute")
+    finally:
+        torch.set_num_threads(before)
+    name = f"{shape.batch},{shape.heads},{shape.n},{shape.dim}{' causal' if shape.causal else ''}"
+    return Split(name, *seconds, threads=threads, pair_dims=shape.pair_dims)
+
+
+def markdown(splits: list[Split]) -> str:
+    """The figures as a table."""
+    rows = ["| B,H,N,D | prepare ms | 1 thread ms | prepare share | compute pair-dims/s per core | "
+            "pool ms (1 / n threads) | scaling | pair-dims/s (n threads) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for s in splits:
+        rows.append(f"| {s.shape} | {s.prepare_s * 1e3:.3f} | {s.one_thread_s * 1e3:.3f} | {100 * s.prepare_share:.0f}% | "
+                    f"{s.compute_rate_per_core:.2e} | {s.pool_1_s * 1e3:.3f} / {s.pool_n_s * 1e3:.3f} | "
+                    f"{s.scaling:.2f}x ({s.threads}) | {s.pair_dims / s.pool_n_s:.2e} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", type=parse_shape, nargs="+", metavar="B,H,N,D,causal",
+                        default=[parse_shape(s) for s in DEFAULT_SHAPES],
+                        help="shapes to split (default: the paper's model shapes, the bench defaults, a D sweep)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed runs per figure (median; default 30)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="threads of the pooled run (default: every core)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
+        parser.error("--repeats and --threads must be at least 1, --warmup at least 0")
+    try:
+        machine = bench.machine()
+    except UserError as error:  # the kernel library could not be built, or FF_CPU_ISA is refused
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    splits = [split(shape, args.repeats, args.warmup, args.threads) for shape in args.shapes]
+    if args.json:
+        print(json.dumps({"machine": machine, "splits": [asdict(s) | {"prepare_share": s.prepare_share,
+                          "compute_rate_per_core": s.compute_rate_per_core, "scaling": s.scaling} for s in splits]}))
+    else:
+        print(", ".join(f"{k} {v}" for k, v in machine.items()))
+        print(markdown(splits))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
