@@ -250,6 +250,12 @@ def inputs(shape: Shape, seed: int, device: str = "cpu", dtype: torch.dtype = to
     return {k: torch.from_numpy(v).to(device=device, dtype=dtype) for k, v in arrays.items()}
 
 
+def rotating_inputs(shape: Shape, device: str = "cpu", dtype: torch.dtype = torch.float32) -> list[Feeds]:
+    """Input sets for timing, together larger than ROTATING_BYTES[device] (so a run is not cache-hot)."""
+    count = max(1, -(-ROTATING_BYTES[device] // (shape.input_bytes * dtype.itemsize // 4)))
+    return [inputs(shape, seed, device, dtype) for seed in range(count)]
+
+
 def _reference(impl: Implementation, feeds: Feeds, causal: bool) -> np.ndarray:
     """Float64 truth for the last ORACLE_ROWS query rows (bottom-right alignment keeps their causal mask)."""
     t = {k: v.cpu().double() for k, v in feeds.items()}
@@ -302,8 +308,7 @@ def bench_one(impl: Implementation, shape: Shape, repeats: int, warmup: int, dev
     need = impl.memory_bytes(shape)
     if need > available_bytes(device) // 2:
         return Result(impl.name, shape, skipped=f"needs ~{need / 2**30:.1f} GiB, more than half the free memory")
-    count = max(1, -(-ROTATING_BYTES[device] // (shape.input_bytes * impl.dtype.itemsize // 4)))
-    sets = [inputs(shape, seed, device, impl.dtype) for seed in range(count)]
+    sets = rotating_inputs(shape, device, impl.dtype)
     reference = _reference(impl, sets[0], shape.causal)
     baseline = _reset_peak(device)  # peak memory counts the implementation's own allocations only
     run = impl.make(shape)

@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """Where the CPU kernel's time goes, per shape: what limits it short of the roofline.
 
-For each shape (non-vacuous inputs as ``python -m export bench`` draws them, R = 1), medians after warm-up of
+For each shape, on the rotating non-vacuous inputs ``python -m export bench`` times (together over 64 MiB, so no
+run is cache-hot; R = 1, power and eps the op's defaults), medians after warm-up of
 
   prepare      ff_cpu_prepare over every item, one thread (sin/cos of R*q and R*k, the repacking: O(N*D));
   one thread   ff_cpu_prepare + ff_cpu_compute over everything, one thread (the native entry points, no pool);
-  threads      the whole op through the library's pool at 1 and at --threads threads (the torch op's path).
+  pool         the whole op as the torch op runs it (checks, a workspace per call, the library's thread pool),
+               at 1 and at --threads threads.
 
 From these: prepare's share of the one-thread time, the compute-only rate per core (visible pair-dims over one
-thread's time less prepare; compare it across D to see the per-pair work that D dims amortize), and the scaling
-from 1 to --threads threads. The two ways of running the kernel must give the same output (checked, bitwise).
-plugins/cpu/ROOFLINE.md reads these figures against the roofline. The path is the library's (FF_CPU_ISA forces one).
+thread's time less prepare; compare it across D to see the per-pair work that D dims amortize), the pool's cost
+over the native path at one thread, and its scaling from 1 to --threads threads. Both ways of running the kernel
+must give the same output (checked, bitwise). plugins/cpu/ROOFLINE.md reads these figures against the roofline.
+The path is the library's (FF_CPU_ISA forces one).
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from export import bench, cpu_kernel  # noqa: E402
 from export.errors import UserError  # noqa: E402
 from export.kernel_api import DTYPES, params  # noqa: E402
-from export.op_model import attention_inputs  # noqa: E402
+from fourierformer import opspec  # noqa: E402
 
+R, POWER, EPS = 1.0, opspec.POWER.default, opspec.EPS.default
+"""The op's attributes here: R = 1 as bench's inputs are drawn for."""
 DEFAULT_SHAPES = ("1,8,256,16,1", "1,8,384,32,1", "1,3,197,64,0", "1,4,1024,64,0", "1,4,64,64,0", "1,8,256,16,0",
                   "1,1,1024,16,0", "1,1,1024,32,0", "1,1,1024,64,0", "1,1,1024,128,0")
 
@@ -57,8 +62,20 @@ class Split:
         return self.pair_dims / (self.one_thread_s - self.prepare_s)
 
     @property
+    def pool_cost(self) -> float:
+        """The pool's time at one thread over the native path's, less 1 (checks, allocation, dispatch)."""
+        return self.pool_1_s / self.one_thread_s - 1
+
+    @property
     def scaling(self) -> float:
         return self.pool_1_s / self.pool_n_s
+
+    def record(self) -> dict[str, float | int | str]:
+        """The figures and the shares derived from them, for JSON."""
+        return asdict(self) | {name: getattr(self, name) for name in DERIVED}
+
+
+DERIVED = ("prepare_share", "compute_rate_per_core", "pool_cost", "scaling")
 
 
 def parse_shape(text: str) -> bench.Shape:
@@ -74,48 +91,53 @@ def parse_shape(text: str) -> bench.Shape:
 
 def split(shape: bench.Shape, repeats: int, warmup: int, threads: int) -> Split:
     """Times prepare, prepare + compute on one thread, and the pooled op at 1 and ``threads`` threads."""
-    feeds = {k: torch.from_numpy(v) for k, v in
-             attention_inputs(shape.batch, shape.heads, shape.n, shape.n, shape.dim, R=1.0).items()}
-    q, k, v = feeds["q"], feeds["k"], feeds["v"]
-    lib, p = cpu_kernel.library(), params(q, k, 1.0, 4, 1e-6, shape.causal)
-    pp, dtype = ctypes.byref(p), DTYPES[q.dtype]
-    _buffer, ws = cpu_kernel.aligned_workspace(p)
-    out = torch.empty_like(q)
+    sets = bench.rotating_inputs(shape)
+    lib, dtype = cpu_kernel.library(), DTYPES[torch.float32]
+    p = params(sets[0]["q"], sets[0]["k"], R, POWER, EPS, shape.causal)
+    pp = ctypes.byref(p)
+    if (error := lib.ff_validate_params(pp)) is not None:
+        raise SystemExit(f"{shape}: {error.decode()}")
+    workspace, ws = cpu_kernel.aligned_workspace(p)  # ``workspace`` owns the memory at ``ws``: keep it alive
+    out = torch.empty_like(sets[0]["q"])
     items, rows = lib.ff_cpu_prepare_items(pp), lib.ff_cpu_rows(pp)
 
-    def prepare(_feeds: object) -> None:
-        lib.ff_cpu_prepare(pp, dtype, q.data_ptr(), k.data_ptr(), v.data_ptr(), ws, 0, items)
+    def prepare(feeds: bench.Feeds) -> None:
+        lib.ff_cpu_prepare(pp, dtype, feeds["q"].data_ptr(), feeds["k"].data_ptr(), feeds["v"].data_ptr(), ws, 0, items)
 
-    def one_thread(_feeds: object) -> None:
-        prepare(None)
+    def one_thread(feeds: bench.Feeds) -> None:
+        prepare(feeds)
         lib.ff_cpu_compute(pp, dtype, ws, out.data_ptr(), 0, rows)
 
-    def pooled(_feeds: object) -> torch.Tensor:
-        return cpu_kernel.fourier_attention_cpu(q, k, v, 1.0, 4, 1e-6, shape.causal)
+    def pooled(feeds: bench.Feeds) -> torch.Tensor:
+        return cpu_kernel.fourier_attention_cpu(feeds["q"], feeds["k"], feeds["v"], R, POWER, EPS, shape.causal)
 
-    seconds = [bench.median_seconds(prepare, [feeds], repeats, warmup),
-               bench.median_seconds(one_thread, [feeds], repeats, warmup)]
+    prepare_s = bench.median_seconds(prepare, sets, repeats, warmup)
+    one_thread_s = bench.median_seconds(one_thread, sets, repeats, warmup)
+    one_thread(sets[0])
+    pool_s = {}
     before = torch.get_num_threads()
     try:
-        for n in (1, threads):
+        for n in sorted({1, threads}):
             torch.set_num_threads(n)
-            seconds.append(bench.median_seconds(pooled, [feeds], repeats, warmup))
-            if not torch.equal(pooled(None), out):
+            pool_s[n] = bench.median_seconds(pooled, sets, repeats, warmup)
+            if not torch.equal(pooled(sets[0]), out):
                 raise SystemExit(f"{shape}: the pooled op at {n} threads differs from ff_cpu_prepare + ff_cpu_compute")
     finally:
         torch.set_num_threads(before)
-    name = f"{shape.batch},{shape.heads},{shape.n},{shape.dim}{' causal' if shape.causal else ''}"
-    return Split(name, *seconds, threads=threads, pair_dims=shape.pair_dims)
+    return Split(shape=f"{shape.batch},{shape.heads},{shape.n},{shape.dim}{' causal' if shape.causal else ''}",
+                 prepare_s=prepare_s, one_thread_s=one_thread_s, pool_1_s=pool_s[1], pool_n_s=pool_s[threads],
+                 threads=threads, pair_dims=shape.pair_dims)
 
 
 def markdown(splits: list[Split]) -> str:
     """The figures as a table."""
     rows = ["| B,H,N,D | prepare ms | 1 thread ms | prepare share | compute pair-dims/s per core | "
-            "pool ms (1 / n threads) | scaling | pair-dims/s (n threads) |",
-            "|---|---|---|---|---|---|---|---|"]
+            "pool ms, 1 thread | pool cost | pool ms, n threads | scaling | pool pair-dims/s, n threads |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for s in splits:
         rows.append(f"| {s.shape} | {s.prepare_s * 1e3:.3f} | {s.one_thread_s * 1e3:.3f} | {100 * s.prepare_share:.0f}% | "
-                    f"{s.compute_rate_per_core:.2e} | {s.pool_1_s * 1e3:.3f} / {s.pool_n_s * 1e3:.3f} | "
+                    f"{s.compute_rate_per_core:.2e} | {s.pool_1_s * 1e3:.3f} | {100 * s.pool_cost:+.0f}% | "
+                    f"{s.pool_n_s * 1e3:.3f} | "
                     f"{s.scaling:.2f}x ({s.threads}) | {s.pair_dims / s.pool_n_s:.2e} |")
     return "\n".join(rows)
 
@@ -138,10 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:  # the kernel library could not be built, or FF_CPU_ISA is refused
         print(f"error: {error}", file=sys.stderr)
         return 2
-    splits = [split(shape, args.repeats, args.warmup, args.threads) for shape in args.shapes]
+    splits = []
+    for i, shape in enumerate(args.shapes, 1):
+        print(f"[{i}/{len(args.shapes)}] {shape.batch},{shape.heads},{shape.n},{shape.dim} causal={int(shape.causal)}",
+              file=sys.stderr, flush=True)
+        splits.append(split(shape, args.repeats, args.warmup, args.threads))
     if args.json:
-        print(json.dumps({"machine": machine, "splits": [asdict(s) | {"prepare_share": s.prepare_share,
-                          "compute_rate_per_core": s.compute_rate_per_core, "scaling": s.scaling} for s in splits]}))
+        print(json.dumps({"machine": machine, "splits": [s.record() for s in splits]}))
     else:
         print(", ".join(f"{k} {v}" for k, v in machine.items()))
         print(markdown(splits))
