@@ -322,7 +322,7 @@ def bench_one(impl: Implementation, shape: Shape, repeats: int, warmup: int, dev
 
 
 def median_seconds(run: Callable[[Feeds], object], sets: list[Feeds], repeats: int, warmup: int,
-                    device: str = "cpu") -> float:
+                   device: str = "cpu") -> float:
     """Median time of ``run`` over ``repeats`` calls after ``warmup`` calls, rotating through ``sets``.
 
     On a GPU each call is timed by CUDA events around it on the current stream (device time, launch included).

@@ -89,6 +89,11 @@ def parse_shape(text: str) -> bench.Shape:
     return bench.Shape(batch, heads, n, dim, bool(causal))
 
 
+def label(shape: bench.Shape) -> str:
+    """``B,H,N,D``, and `` causal`` where it is."""
+    return f"{shape.batch},{shape.heads},{shape.n},{shape.dim}{' causal' if shape.causal else ''}"
+
+
 def split(shape: bench.Shape, repeats: int, warmup: int, threads: int) -> Split:
     """Times prepare, prepare + compute on one thread, and the pooled op at 1 and ``threads`` threads."""
     sets = bench.rotating_inputs(shape)
@@ -113,7 +118,7 @@ def split(shape: bench.Shape, repeats: int, warmup: int, threads: int) -> Split:
 
     prepare_s = bench.median_seconds(prepare, sets, repeats, warmup)
     one_thread_s = bench.median_seconds(one_thread, sets, repeats, warmup)
-    one_thread(sets[0])
+    one_thread(sets[0])  # ``out`` now holds sets[0]'s result, which the pooled op must reproduce
     pool_s = {}
     before = torch.get_num_threads()
     try:
@@ -124,9 +129,8 @@ def split(shape: bench.Shape, repeats: int, warmup: int, threads: int) -> Split:
                 raise SystemExit(f"{shape}: the pooled op at {n} threads differs from ff_cpu_prepare + ff_cpu_compute")
     finally:
         torch.set_num_threads(before)
-    return Split(shape=f"{shape.batch},{shape.heads},{shape.n},{shape.dim}{' causal' if shape.causal else ''}",
-                 prepare_s=prepare_s, one_thread_s=one_thread_s, pool_1_s=pool_s[1], pool_n_s=pool_s[threads],
-                 threads=threads, pair_dims=shape.pair_dims)
+    return Split(shape=label(shape), prepare_s=prepare_s, one_thread_s=one_thread_s, pool_1_s=pool_s[1],
+                 pool_n_s=pool_s[threads], threads=threads, pair_dims=shape.pair_dims)
 
 
 def markdown(splits: list[Split]) -> str:
@@ -162,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     splits = []
     for i, shape in enumerate(args.shapes, 1):
-        print(f"[{i}/{len(args.shapes)}] {shape.batch},{shape.heads},{shape.n},{shape.dim} causal={int(shape.causal)}",
-              file=sys.stderr, flush=True)
+        print(f"[{i}/{len(args.shapes)}] {label(shape)}", file=sys.stderr, flush=True)
         splits.append(split(shape, args.repeats, args.warmup, args.threads))
     if args.json:
         print(json.dumps({"machine": machine, "splits": [s.record() for s in splits]}))
