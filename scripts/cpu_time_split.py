@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from export import bench, cpu_kernel  # noqa: E402
 from export.errors import UserError  # noqa: E402
-from export.kernel_api import DTYPES, params  # noqa: E402
+from export.kernel_api import DTYPES, Params  # noqa: E402
 from fourierformer import opspec  # noqa: E402
 
 R, POWER, EPS = 1.0, opspec.POWER.default, opspec.EPS.default
@@ -96,12 +96,16 @@ def label(shape: bench.Shape) -> str:
 
 def split(shape: bench.Shape, repeats: int, warmup: int, threads: int) -> Split:
     """Times prepare, prepare + compute on one thread, and the pooled op at 1 and ``threads`` threads."""
-    sets = bench.rotating_inputs(shape)
     lib, dtype = cpu_kernel.library(), DTYPES[torch.float32]
-    p = params(sets[0]["q"], sets[0]["k"], R, POWER, EPS, shape.causal)
+    p = Params(shape.batch, shape.heads, shape.n, shape.n, shape.dim, R, POWER, EPS, int(shape.causal))
     pp = ctypes.byref(p)
     if (error := lib.ff_validate_params(pp)) is not None:
-        raise SystemExit(f"{shape}: {error.decode()}")
+        raise UserError(f"{label(shape)}: {error.decode()}")
+    # float64 draws of q, k, v, the float32 sets, out and the workspace: half the free memory at most, as bench
+    need = 2 * shape.input_bytes + max(bench.ROTATING_BYTES["cpu"], shape.input_bytes) + lib.ff_cpu_workspace_size(pp)
+    if need > bench.available_bytes() // 2:
+        raise UserError(f"{label(shape)} needs ~{need / 2**30:.1f} GiB, more than half the free memory")
+    sets = bench.rotating_inputs(shape)
     workspace, ws = cpu_kernel.aligned_workspace(p)  # ``workspace`` owns the memory at ``ws``: keep it alive
     out = torch.empty_like(sets[0]["q"])
     items, rows = lib.ff_cpu_prepare_items(pp), lib.ff_cpu_rows(pp)
@@ -159,15 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
         parser.error("--repeats and --threads must be at least 1, --warmup at least 0")
+    splits = []
     try:
         machine = bench.machine()
-    except UserError as error:  # the kernel library could not be built, or FF_CPU_ISA is refused
+        for i, shape in enumerate(args.shapes, 1):
+            print(f"[{i}/{len(args.shapes)}] {label(shape)}", file=sys.stderr, flush=True)
+            splits.append(split(shape, args.repeats, args.warmup, args.threads))
+    except UserError as error:  # the library could not be built, FF_CPU_ISA is refused, or a shape cannot run
         print(f"error: {error}", file=sys.stderr)
         return 2
-    splits = []
-    for i, shape in enumerate(args.shapes, 1):
-        print(f"[{i}/{len(args.shapes)}] {label(shape)}", file=sys.stderr, flush=True)
-        splits.append(split(shape, args.repeats, args.warmup, args.threads))
     if args.json:
         print(json.dumps({"machine": machine, "splits": [s.record() for s in splits]}))
     else:

@@ -158,11 +158,15 @@ def test_cpu_time_split_times_each_phase_of_the_same_computation():
 
 
 def test_cpu_time_split_refuses_a_bad_shape_in_one_line():
-    """A shape that is not B,H,N,D,causal: exit 2, one line naming it, no traceback."""
+    """A shape that is not B,H,N,D,causal, or one too large for this machine: exit 2, one line, no traceback."""
     run = subprocess.run([sys.executable, str(CPU_TIME_SPLIT), "--shapes", "1,2,40,16"], capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 2
     assert "expected B,H,N,D,causal (five integers), got '1,2,40,16'" in run.stderr and "Traceback" not in run.stderr
+    run = subprocess.run([sys.executable, str(CPU_TIME_SPLIT), "--shapes", "1,1,100000000,64,0"], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.splitlines()[-1].endswith("more than half the free memory")
 
 
 def test_gpu_summary_reads_what_gpu_checks_writes(tmp_path):
